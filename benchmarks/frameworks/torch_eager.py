@@ -1,0 +1,32 @@
+"""PyTorch eager: the twins of `torch_models`, trained op by op (the paper's PyTorch column)."""
+from __future__ import annotations
+
+from benchmarks.frameworks._common import missing
+
+
+def available():
+    try:
+        import torch
+    except Exception as e:
+        return False, missing("torch", e)
+    return True, torch.__version__
+
+
+def configure_threads() -> str:
+    import torch
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:   # already set, or parallel work has started
+        pass
+    return f"torch.set_num_threads(1) -> {torch.get_num_threads()}, interop {torch.get_num_interop_threads()}"
+
+
+def versions() -> dict:
+    import torch
+    return {"torch": torch.__version__}
+
+
+def build(model, weights, cfg):
+    from benchmarks.frameworks.torch_models import TorchTrainer, from_weights
+    return TorchTrainer(model, from_weights(model, weights, cfg), cfg)

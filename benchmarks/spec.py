@@ -1,0 +1,74 @@
+"""The four benchmark models' hyper-parameters, fixed once for every framework.
+
+A `Config` is what each framework's ``build(model, weights, cfg)`` receives. The
+numbers are the paper's (Wang et al. 2018, Section 6 / Figure 6); every twin must
+use these and nothing else, so that losses can be compared across frameworks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+
+MODELS = ("rnn", "lstm", "cnn", "treelstm")
+
+# Paper units: times are reported per this many training steps.
+UNITS = {
+    "rnn": (5000, "s / 5000 iterations"),
+    "lstm": (5000, "s / 5000 iterations"),
+    "cnn": (600, "s / epoch (600 batches of 100)"),
+    "treelstm": (1101, "s / epoch (1101 trees)"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyper-parameters of one model. Field meanings:
+
+    vocab      characters in the vocabulary (rnn, lstm)
+    hidden     hidden size H (rnn, lstm: 50; treelstm: 150)
+    seq        time steps per iteration (rnn, lstm)
+    batch      sequences (rnn, lstm) or images (cnn) per step; 1 tree for treelstm
+    optimizer  "adagrad" (PyTorch formula, accumulator starts at 0) or "sgd"
+    lr, eps    optimizer step size and Adagrad epsilon
+    clip       global gradient-norm clipping threshold (clip_grad_norm_ semantics) or None
+    dropout    cnn only: apply dropout(p=0.5) after fc1 (off for loss-parity runs)
+    classes    output classes (cnn: 10, treelstm: 5)
+    embed      treelstm: embedding width E; the table itself is `embedding`
+    embedding  treelstm: fixed float32 [words, E] table (not trained)
+    """
+
+    model: str
+    vocab: int = 26
+    hidden: int = 50
+    seq: int = 20
+    batch: int = 20
+    optimizer: str = "adagrad"
+    lr: float = 0.1
+    eps: float = 1e-10
+    clip: Optional[float] = 5.0
+    dropout: bool = False
+    dropout_p: float = 0.5
+    classes: int = 0
+    embed: int = 0
+    embedding: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+
+
+def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
+                embedding: Optional[np.ndarray] = None) -> Config:
+    """The paper's configuration of `model` (one of MODELS)."""
+    if model in ("rnn", "lstm"):
+        return Config(model, vocab=vocab, hidden=50, seq=20, batch=20, optimizer="adagrad",
+                      lr=0.1, eps=1e-10, clip=5.0, classes=vocab)
+    if model == "cnn":
+        return Config(model, vocab=0, hidden=50, seq=0, batch=100, optimizer="sgd", lr=0.05,
+                      clip=None, dropout=dropout, classes=10)
+    if model == "treelstm":
+        if embedding is None:
+            from benchmarks.data import embedding_table
+            embedding = embedding_table()
+        return Config(model, vocab=0, hidden=150, seq=0, batch=1, optimizer="adagrad", lr=0.05,
+                      eps=1e-10, clip=None, classes=5, embed=int(embedding.shape[1]),
+                      embedding=embedding)
+    raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

@@ -1,0 +1,67 @@
+"""Initial weights of the four models, made once in numpy and loaded by every framework.
+
+PyTorch's default initialisation with a fixed seed: uniform(-1/sqrt(fan_in),
+1/sqrt(fan_in)) for the weights and biases of Linear and Conv2d (kaiming_uniform
+with a=sqrt(5) reduces to that bound) and 1/sqrt(hidden) for every LSTMCell tensor
+(PyTorch's LSTMCell rule). Names and layouts are PyTorch's: Linear weights are
+[out, in], Conv2d weights [out, in, kh, kw], LSTMCell gates stacked i, f, g, o.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+from collections import OrderedDict
+from typing import Dict, List, Tuple
+
+import numpy as np
+
+from benchmarks.spec import Config, make_config
+
+WEIGHT_SEED = 7
+
+Shape = Tuple[int, ...]
+
+
+def layout(cfg: Config) -> List[Tuple[str, Shape, int]]:
+    """(name, shape, fan_in used for the bound) of every parameter, in PyTorch order."""
+    V, H = cfg.vocab, cfg.hidden
+    if cfg.model == "rnn":
+        return [("i2h.weight", (H, V + H), V + H), ("i2h.bias", (H,), V + H),
+                ("h2o.weight", (V, H), H), ("h2o.bias", (V,), H)]
+    if cfg.model == "lstm":
+        return [("cell.weight_ih", (4 * H, V), H), ("cell.weight_hh", (4 * H, H), H),
+                ("cell.bias_ih", (4 * H,), H), ("cell.bias_hh", (4 * H,), H),
+                ("out.weight", (V, H), H), ("out.bias", (V,), H)]
+    if cfg.model == "cnn":
+        return [("conv1.weight", (10, 1, 5, 5), 25), ("conv1.bias", (10,), 25),
+                ("conv2.weight", (20, 10, 5, 5), 250), ("conv2.bias", (20,), 250),
+                ("fc1.weight", (50, 320), 320), ("fc1.bias", (50,), 320),
+                ("fc2.weight", (10, 50), 50), ("fc2.bias", (10,), 50)]
+    if cfg.model == "treelstm":
+        E, C = cfg.embed, cfg.classes
+        return [("W_leaf", (3 * H, E), E), ("b_leaf", (3 * H,), E),
+                ("U", (5 * H, 2 * H), 2 * H), ("b_inner", (5 * H,), 2 * H),
+                ("W_out", (C, H), H), ("b_out", (C,), H)]
+    raise ValueError(f"unknown model {cfg.model!r}")
+
+
+def init_weights(model_or_cfg, seed: int = WEIGHT_SEED) -> "OrderedDict[str, np.ndarray]":
+    """Ordered dict name -> float32 array of `model`'s initial weights.
+
+    The same (model, vocab, seed) always gives the same arrays."""
+    cfg = model_or_cfg if isinstance(model_or_cfg, Config) else make_config(model_or_cfg)
+    rng = np.random.default_rng([seed, zlib.crc32(cfg.model.encode())])
+    out: "OrderedDict[str, np.ndarray]" = OrderedDict()
+    for name, shape, fan_in in layout(cfg):
+        bound = 1.0 / math.sqrt(fan_in)
+        out[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
+    return out
+
+
+def max_rel_diff(a: Dict[str, np.ndarray], b: Dict[str, np.ndarray]) -> float:
+    """Largest |a-b| / max(|b|) over all tensors (for comparing trained weights)."""
+    worst = 0.0
+    for k in a:
+        scale = float(np.max(np.abs(b[k]))) or 1.0
+        worst = max(worst, float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))) / scale)
+    return worst
