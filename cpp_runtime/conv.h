@@ -1,0 +1,509 @@
+// 2-D convolution, forward and backward, float32, NCHW, groups = 1.
+//
+// Semantics are torch.nn.functional.conv2d: y[n,f,oh,ow] = b[f] +
+//   sum_{c,kh,kw} w[f,c,kh,kw] * x[n, c, oh*sh - ph + kh, ow*sw - pw + kw]
+// (zero outside the image), OH = (H + 2ph - KH) / sh + 1.
+//
+// Two implementations, chosen per call by `conv2d_use_direct`:
+//  * gemm:   per image, im2col into an arena buffer and scipy_cblas_sgemm
+//            (transpose flags, beta = 1 to accumulate, no transposed copies);
+//            col2im for dx.  Any stride / padding / size.
+//  * direct: stride 1 only.  Register-blocked AVX kernels (GCC vector
+//            extensions, 8 floats = one ymm) that read the image in place:
+//            the "columns" are unaligned loads at x + offset, so no im2col
+//            buffer is ever written.  Output rows are cut into 8-wide vectors
+//            (24 = 3, 8 = 1 for the MNIST net); a short last vector is handled
+//            by a zero-padded copy of the image / gradient.
+//            forward: tile FB filters x RB output vectors, reduce over C*KH*KW.
+//            dx:      tile KB (c,kh,kw) columns x RB output vectors, reduce
+//                     over F, then col2im-add the tile straight into dx.
+//            dw:      tile FB filters x KB columns, lanes hold partial sums
+//                     over pixels, reduce over a group of images, horizontal
+//                     sum at the end.
+//
+// Measurements (AMD EPYC Zen 4, 1 core, g++ 12 -O3 -march=native, median of
+// runs, ms per call, batch 100; see cpp_runtime/dev/):  filled in below.
+#pragma once
+#include <cblas.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "arena.h"
+#include "error.h"
+
+namespace lt {
+
+struct Conv2dShape {
+  int N, C, H, W, F, KH, KW;
+  int sh, sw, ph, pw;
+  int OH, OW;
+  std::size_t in_plane() const { return std::size_t(H) * W; }
+  std::size_t out_plane() const { return std::size_t(OH) * OW; }
+  std::size_t ckk() const { return std::size_t(C) * KH * KW; }
+};
+
+inline Conv2dShape conv2d_shape(int N, int C, int H, int W, int F, int KH, int KW, int sh, int sw,
+                                int ph, int pw) {
+  if (N < 0 || C <= 0 || H <= 0 || W <= 0 || F <= 0 || KH <= 0 || KW <= 0)
+    fail("conv2d: bad shape N=%d C=%d H=%d W=%d F=%d KH=%d KW=%d", N, C, H, W, F, KH, KW);
+  if (sh <= 0 || sw <= 0 || ph < 0 || pw < 0)
+    fail("conv2d: bad stride (%d,%d) or padding (%d,%d)", sh, sw, ph, pw);
+  if (H + 2 * ph < KH || W + 2 * pw < KW)
+    fail("conv2d: kernel %dx%d larger than padded input %dx%d", KH, KW, H + 2 * ph, W + 2 * pw);
+  Conv2dShape s{N, C, H, W, F, KH, KW, sh, sw, ph, pw, 0, 0};
+  s.OH = (H + 2 * ph - KH) / sh + 1;
+  s.OW = (W + 2 * pw - KW) / sw + 1;
+  return s;
+}
+
+namespace conv_detail {
+
+// ---------------------------------------------------------------- gemm path
+
+// Output positions o in [lo, hi) read input index o*s + off inside [0, n).
+inline void valid_range(int n, int s, int off, int count, int& lo, int& hi) {
+  lo = off >= 0 ? 0 : (-off + s - 1) / s;
+  hi = (n - 1 - off) < 0 ? 0 : std::min(count, (n - 1 - off) / s + 1);
+  if (lo > hi) lo = hi;
+}
+
+// col[(c*KH + kh)*KW + kw][oh*OW + ow] = x[c][oh*sh - ph + kh][ow*sw - pw + kw] or 0.
+inline void im2col(const float* x, float* col, const Conv2dShape& s) {
+  const int P = s.OH * s.OW;
+  float* row = col;
+  for (int c = 0; c < s.C; ++c) {
+    const float* xc = x + std::size_t(c) * s.in_plane();
+    for (int kh = 0; kh < s.KH; ++kh) {
+      int oh_lo, oh_hi;
+      valid_range(s.H, s.sh, kh - s.ph, s.OH, oh_lo, oh_hi);
+      for (int kw = 0; kw < s.KW; ++kw, row += P) {
+        int ow_lo, ow_hi;
+        valid_range(s.W, s.sw, kw - s.pw, s.OW, ow_lo, ow_hi);
+        std::memset(row, 0, sizeof(float) * std::size_t(oh_lo) * s.OW);
+        for (int oh = oh_lo; oh < oh_hi; ++oh) {
+          float* r = row + std::size_t(oh) * s.OW;
+          const float* xr = xc + std::size_t(oh * s.sh - s.ph + kh) * s.W + (kw - s.pw);
+          for (int ow = 0; ow < ow_lo; ++ow) r[ow] = 0.f;
+          if (s.sw == 1) {
+            std::memcpy(r + ow_lo, xr + ow_lo, sizeof(float) * (ow_hi - ow_lo));
+          } else {
+            for (int ow = ow_lo; ow < ow_hi; ++ow) r[ow] = xr[ow * s.sw];
+          }
+          for (int ow = ow_hi; ow < s.OW; ++ow) r[ow] = 0.f;
+        }
+        std::memset(row + std::size_t(oh_hi) * s.OW, 0,
+                    sizeof(float) * std::size_t(s.OH - oh_hi) * s.OW);
+      }
+    }
+  }
+}
+
+// dx[c][ih][iw] += col[...] for every column entry that reads inside the image.
+inline void col2im_add(const float* col, float* dx, const Conv2dShape& s) {
+  const int P = s.OH * s.OW;
+  const float* row = col;
+  for (int c = 0; c < s.C; ++c) {
+    float* dxc = dx + std::size_t(c) * s.in_plane();
+    for (int kh = 0; kh < s.KH; ++kh) {
+      int oh_lo, oh_hi;
+      valid_range(s.H, s.sh, kh - s.ph, s.OH, oh_lo, oh_hi);
+      for (int kw = 0; kw < s.KW; ++kw, row += P) {
+        int ow_lo, ow_hi;
+        valid_range(s.W, s.sw, kw - s.pw, s.OW, ow_lo, ow_hi);
+        for (int oh = oh_lo; oh < oh_hi; ++oh) {
+          const float* r = row + std::size_t(oh) * s.OW;
+          float* dr = dxc + std::size_t(oh * s.sh - s.ph + kh) * s.W + (kw - s.pw);
+          for (int ow = ow_lo; ow < ow_hi; ++ow) dr[ow * s.sw] += r[ow];
+        }
+      }
+    }
+  }
+}
+
+inline bool is_pointwise(const Conv2dShape& s) {
+  return s.KH == 1 && s.KW == 1 && s.sh == 1 && s.sw == 1 && s.ph == 0 && s.pw == 0;
+}
+
+inline void gemm_forward(const float* x, const float* w, const float* b, float* y,
+                         const Conv2dShape& s, Arena& arena) {
+  ArenaScope scope(arena);
+  const int P = s.OH * s.OW, K = int(s.ckk());
+  const bool pointwise = is_pointwise(s);
+  float* col = pointwise ? nullptr : arena.alloc<float>(s.ckk() * P);
+  for (int n = 0; n < s.N; ++n) {
+    const float* xn = x + std::size_t(n) * s.C * s.in_plane();
+    float* yn = y + std::size_t(n) * s.F * P;
+    if (!pointwise) im2col(xn, col, s);
+    if (b)
+      for (int f = 0; f < s.F; ++f) std::fill(yn + std::size_t(f) * P, yn + std::size_t(f + 1) * P, b[f]);
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, s.F, P, K, 1.f, w, K,
+                      pointwise ? xn : col, P, b ? 1.f : 0.f, yn, P);
+  }
+}
+
+inline void gemm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                          const Conv2dShape& s, Arena& arena) {
+  ArenaScope scope(arena);
+  const int P = s.OH * s.OW, K = int(s.ckk());
+  const bool pointwise = is_pointwise(s);
+  float* col = (pointwise || !dw) ? nullptr : arena.alloc<float>(s.ckk() * P);
+  float* dcol = (pointwise || !dx) ? nullptr : arena.alloc<float>(s.ckk() * P);
+  for (int n = 0; n < s.N; ++n) {
+    const float* xn = x + std::size_t(n) * s.C * s.in_plane();
+    const float* dyn = dy + std::size_t(n) * s.F * P;
+    float* dxn = dx ? dx + std::size_t(n) * s.C * s.in_plane() : nullptr;
+    if (dw) {
+      if (!pointwise) im2col(xn, col, s);
+      // dw[F][K] += dy_n[F][P] * col[K][P]^T
+      scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.F, K, P, 1.f, dyn, P,
+                        pointwise ? xn : col, P, 1.f, dw, K);
+    }
+    if (dx) {
+      // dcol[K][P] = w[F][K]^T * dy_n[F][P]; pointwise: straight into dx with beta = 1.
+      scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, s.F, 1.f, w, K, dyn, P,
+                        pointwise ? 1.f : 0.f, pointwise ? dxn : dcol, P);
+      if (!pointwise) col2im_add(dcol, dxn, s);
+    }
+  }
+}
+
+// -------------------------------------------------------------- direct path
+
+typedef float vf8 __attribute__((vector_size(32)));
+constexpr int kLanes = 8;
+
+inline vf8 vload(const float* p) {
+  vf8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void vstore(float* p, vf8 v) { std::memcpy(p, &v, sizeof v); }
+// Store the first n (<= 8) lanes.
+inline void vstore_n(float* p, vf8 v, int n) {
+  if (n == kLanes) vstore(p, v);
+  else std::memcpy(p, &v, sizeof(float) * n);
+}
+inline vf8 vsplat(float s) { return vf8{s, s, s, s, s, s, s, s}; }
+inline float vsum(vf8 v) {
+  float t = 0.f;
+  for (int i = 0; i < kLanes; ++i) t += v[i];
+  return t;
+}
+
+// Geometry of the stride-1 direct kernels.  Output row `oh` is covered by
+// `nch` vectors of 8; vector v = oh*nch + ch.  The input is read from a
+// [C][Hq][Wq] plane that holds the padding (and room for the over-read of a
+// short last vector); when no padding is needed it is x itself.
+struct DirectPlan {
+  int nch, OWv, nvec;  // vectors per row, padded row width, vectors per plane
+  int Hq, Wq;          // padded input plane
+  bool copy_x;         // x needs a padded copy
+  bool exact;          // OW % 8 == 0: dy / y rows are whole vectors
+  std::size_t q_plane() const { return std::size_t(Hq) * Wq; }
+  std::size_t v_plane(const Conv2dShape& s) const { return std::size_t(s.OH) * OWv; }
+};
+
+inline DirectPlan direct_plan(const Conv2dShape& s) {
+  DirectPlan p;
+  p.nch = (s.OW + kLanes - 1) / kLanes;
+  p.OWv = p.nch * kLanes;
+  p.nvec = s.OH * p.nch;
+  p.Hq = s.H + 2 * s.ph;
+  p.Wq = std::max(s.W + 2 * s.pw, p.OWv + s.KW - 1);
+  p.copy_x = s.ph != 0 || s.pw != 0 || p.Wq != s.W;
+  p.exact = p.OWv == s.OW;
+  return p;
+}
+
+// xq[c] = x[c] placed at (ph, pw) in a zeroed Hq x Wq plane.
+inline void pad_image(const float* x, float* xq, const Conv2dShape& s, const DirectPlan& p) {
+  std::memset(xq, 0, sizeof(float) * s.C * p.q_plane());
+  for (int c = 0; c < s.C; ++c)
+    for (int h = 0; h < s.H; ++h)
+      std::memcpy(xq + c * p.q_plane() + std::size_t(h + s.ph) * p.Wq + s.pw,
+                  x + c * s.in_plane() + std::size_t(h) * s.W, sizeof(float) * s.W);
+}
+
+// dyv[f][oh][0:OWv] = dy[f][oh][0:OW], zero tail lanes.
+inline void pad_rows(const float* dy, float* dyv, const Conv2dShape& s, const DirectPlan& p) {
+  for (int r = 0; r < s.F * s.OH; ++r) {
+    std::memcpy(dyv + std::size_t(r) * p.OWv, dy + std::size_t(r) * s.OW, sizeof(float) * s.OW);
+    std::memset(dyv + std::size_t(r) * p.OWv + s.OW, 0, sizeof(float) * (p.OWv - s.OW));
+  }
+}
+
+// Offset in the padded input plane of the first column read for (c, kh, kw).
+inline int column_offset(int k, const Conv2dShape& s, const DirectPlan& p) {
+  int kw = k % s.KW, kh = (k / s.KW) % s.KH, c = k / (s.KW * s.KH);
+  return int(c * p.q_plane()) + kh * p.Wq + kw;
+}
+
+// One image: y[f0:f0+FB][vectors v0:v0+RB] = b + sum_k wt[k][f] * column_k(v).
+// wt is w transposed to [K][Fp] and zero-padded to Fp (a multiple of FB).
+template <int FB, int RB>
+inline void direct_forward_tile(const float* xq, const float* wt, int Fp, const float* b, float* y,
+                                int f0, int v0, const Conv2dShape& s, const DirectPlan& p,
+                                const int* koff) {
+  int xo[RB], yo[RB], yn[RB];
+  const int rb = std::min(RB, p.nvec - v0);
+  for (int r = 0; r < RB; ++r) {
+    int v = v0 + std::min(r, rb - 1), oh = v / p.nch, ch = v % p.nch;
+    xo[r] = oh * p.Wq + ch * kLanes;
+    yo[r] = oh * s.OW + ch * kLanes;
+    yn[r] = std::min(kLanes, s.OW - ch * kLanes);
+  }
+  vf8 acc[FB][RB];
+  for (int f = 0; f < FB; ++f) {
+    vf8 bias = vsplat(b && f0 + f < s.F ? b[f0 + f] : 0.f);
+    for (int r = 0; r < RB; ++r) acc[f][r] = bias;
+  }
+  const int K = int(s.ckk());
+  const float* wk = wt + f0;
+  for (int k = 0; k < K; ++k, wk += Fp) {
+    const float* xk = xq + koff[k];
+    vf8 xv[RB];
+    for (int r = 0; r < RB; ++r) xv[r] = vload(xk + xo[r]);
+    for (int f = 0; f < FB; ++f) {
+      vf8 wv = vsplat(wk[f]);
+      for (int r = 0; r < RB; ++r) acc[f][r] += wv * xv[r];
+    }
+  }
+  const int fb = std::min(FB, s.F - f0);
+  for (int f = 0; f < fb; ++f)
+    for (int r = 0; r < rb; ++r)
+      vstore_n(y + std::size_t(f0 + f) * s.out_plane() + yo[r], acc[f][r], yn[r]);
+}
+
+template <int FB, int RB>
+inline void direct_forward(const float* x, const float* w, const float* b, float* y,
+                           const Conv2dShape& s, Arena& arena) {
+  ArenaScope scope(arena);
+  const DirectPlan p = direct_plan(s);
+  const int K = int(s.ckk());
+  const int Fp = (s.F + FB - 1) / FB * FB;
+  float* wt = arena.alloc_zeroed<float>(std::size_t(K) * Fp);
+  for (int f = 0; f < s.F; ++f)
+    for (int k = 0; k < K; ++k) wt[std::size_t(k) * Fp + f] = w[std::size_t(f) * K + k];
+  int* koff = arena.alloc<int>(K);
+  for (int k = 0; k < K; ++k) koff[k] = column_offset(k, s, p);
+  float* xq = p.copy_x ? arena.alloc<float>(s.C * p.q_plane()) : nullptr;
+  for (int n = 0; n < s.N; ++n) {
+    const float* xn = x + std::size_t(n) * s.C * s.in_plane();
+    if (p.copy_x) pad_image(xn, xq, s, p);
+    float* yn = y + std::size_t(n) * s.F * s.out_plane();
+    for (int f0 = 0; f0 < s.F; f0 += FB)
+      for (int v0 = 0; v0 < p.nvec; v0 += RB)
+        direct_forward_tile<FB, RB>(p.copy_x ? xq : xn, wt, Fp, b, yn, f0, v0, s, p, koff);
+  }
+}
+
+// One image: for KB columns (k) x RB output vectors, dcol = sum_f w[f][k] * dy[f](v),
+// added into the padded input-gradient plane dxq at the column's position.
+// `kperm` lists columns with kw outermost, so a tile's read-modify-writes
+// share one alignment and never partially overlap (no store-forwarding stalls).
+template <int KB, int RB>
+inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0, int v0,
+                           const Conv2dShape& s, const DirectPlan& p, const int* kperm,
+                           const int* koff) {
+  const int K = int(s.ckk());
+  const int kb = std::min(KB, K - j0), rb = std::min(RB, p.nvec - v0);
+  int xo[RB], yo[RB], wo[KB], dq[KB];
+  for (int r = 0; r < RB; ++r) {
+    int v = v0 + std::min(r, rb - 1), oh = v / p.nch, ch = v % p.nch;
+    xo[r] = oh * p.Wq + ch * kLanes;
+    yo[r] = oh * p.OWv + ch * kLanes;
+  }
+  for (int j = 0; j < KB; ++j) {
+    int k = kperm[j0 + std::min(j, kb - 1)];
+    wo[j] = k;
+    dq[j] = koff[k];
+  }
+  vf8 acc[KB][RB];
+  for (int j = 0; j < KB; ++j)
+    for (int r = 0; r < RB; ++r) acc[j][r] = vf8{};
+  const std::size_t vplane = p.v_plane(s);
+  for (int f = 0; f < s.F; ++f) {
+    const float* dyf = dyv + f * vplane;
+    const float* wf = w + std::size_t(f) * K;
+    vf8 dv[RB];
+    for (int r = 0; r < RB; ++r) dv[r] = vload(dyf + yo[r]);
+    for (int j = 0; j < KB; ++j) {
+      vf8 wv = vsplat(wf[wo[j]]);
+      for (int r = 0; r < RB; ++r) acc[j][r] += wv * dv[r];
+    }
+  }
+  for (int j = 0; j < kb; ++j)
+    for (int r = 0; r < rb; ++r) {
+      float* d = dxq + dq[j] + xo[r];
+      vstore(d, vload(d) + acc[j][r]);
+    }
+}
+
+template <int KB, int RB>
+inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dShape& s,
+                      Arena& arena) {
+  ArenaScope scope(arena);
+  const DirectPlan p = direct_plan(s);
+  const int K = int(s.ckk());
+  int* koff = arena.alloc<int>(K);
+  int* kperm = arena.alloc<int>(K);
+  for (int k = 0; k < K; ++k) koff[k] = column_offset(k, s, p);
+  int j = 0;
+  for (int kw = 0; kw < s.KW; ++kw)
+    for (int ckh = 0; ckh < s.C * s.KH; ++ckh) kperm[j++] = ckh * s.KW + kw;
+  float* dxq = p.copy_x ? arena.alloc<float>(s.C * p.q_plane()) : nullptr;
+  float* dyv = p.exact ? nullptr : arena.alloc<float>(s.F * p.v_plane(s));
+  for (int n = 0; n < s.N; ++n) {
+    const float* dyn = dy + std::size_t(n) * s.F * s.out_plane();
+    float* dxn = dx + std::size_t(n) * s.C * s.in_plane();
+    if (!p.exact) pad_rows(dyn, dyv, s, p);
+    if (p.copy_x) std::memset(dxq, 0, sizeof(float) * s.C * p.q_plane());
+    for (int j0 = 0; j0 < K; j0 += KB)
+      for (int v0 = 0; v0 < p.nvec; v0 += RB)
+        direct_dx_tile<KB, RB>(p.exact ? dyn : dyv, w, p.copy_x ? dxq : dxn, j0, v0, s, p, kperm,
+                               koff);
+    if (p.copy_x)
+      for (int c = 0; c < s.C; ++c)
+        for (int h = 0; h < s.H; ++h) {
+          const float* src = dxq + c * p.q_plane() + std::size_t(h + s.ph) * p.Wq + s.pw;
+          float* dst = dxn + c * s.in_plane() + std::size_t(h) * s.W;
+          for (int i = 0; i < s.W; ++i) dst[i] += src[i];
+        }
+  }
+}
+
+// Over G images: vacc[f][k] (8 lanes) += sum_v dy[f](v) * column_k(v) for FB
+// filters x KB consecutive columns.
+template <int FB, int KB>
+inline void direct_dw_tile(const float* const* dyv, const float* const* xq, int G, float* vacc,
+                           int f0, int k0, const Conv2dShape& s, const DirectPlan& p,
+                           const int* koff) {
+  const int K = int(s.ckk());
+  const int fb = std::min(FB, s.F - f0), kb = std::min(KB, K - k0);
+  const std::size_t vplane = p.v_plane(s);
+  int fo[FB], xo[KB];
+  for (int f = 0; f < FB; ++f) fo[f] = int((f0 + std::min(f, fb - 1)) * vplane);
+  for (int j = 0; j < KB; ++j) xo[j] = koff[k0 + std::min(j, kb - 1)];
+  vf8 acc[FB][KB];
+  for (int f = 0; f < FB; ++f)
+    for (int j = 0; j < KB; ++j) acc[f][j] = vf8{};
+  for (int g = 0; g < G; ++g) {
+    const float* dyg = dyv[g];
+    const float* xg = xq[g];
+    for (int oh = 0; oh < s.OH; ++oh)
+      for (int ch = 0; ch < p.nch; ++ch) {
+        const float* dyp = dyg + oh * p.OWv + ch * kLanes;
+        const float* xp = xg + oh * p.Wq + ch * kLanes;
+        vf8 dv[FB];
+        for (int f = 0; f < FB; ++f) dv[f] = vload(dyp + fo[f]);
+        for (int j = 0; j < KB; ++j) {
+          vf8 xv = vload(xp + xo[j]);
+          for (int f = 0; f < FB; ++f) acc[f][j] += dv[f] * xv;
+        }
+      }
+  }
+  for (int f = 0; f < fb; ++f)
+    for (int j = 0; j < kb; ++j) {
+      float* a = vacc + (std::size_t(f0 + f) * K + k0 + j) * kLanes;
+      vstore(a, vload(a) + acc[f][j]);
+    }
+}
+
+template <int FB, int KB>
+inline void direct_dw(const float* x, const float* dy, float* dw, const Conv2dShape& s,
+                      Arena& arena, std::size_t group_floats = 6144) {
+  ArenaScope scope(arena);
+  const DirectPlan p = direct_plan(s);
+  const int K = int(s.ckk());
+  int* koff = arena.alloc<int>(K);
+  for (int k = 0; k < K; ++k) koff[k] = column_offset(k, s, p);
+  float* vacc = arena.alloc_zeroed<float>(std::size_t(s.F) * K * kLanes);
+  // Images per group: dy and x of a group should stay in L1 across the tiles.
+  const std::size_t per_image = s.F * p.v_plane(s) + s.C * p.q_plane();
+  const int G = int(std::max<std::size_t>(1, std::min<std::size_t>(s.N, group_floats / per_image)));
+  float* xbuf = p.copy_x ? arena.alloc<float>(G * s.C * p.q_plane()) : nullptr;
+  float* dybuf = p.exact ? nullptr : arena.alloc<float>(G * s.F * p.v_plane(s));
+  const float** xq = arena.alloc<const float*>(G);
+  const float** dyv = arena.alloc<const float*>(G);
+  for (int n0 = 0; n0 < s.N; n0 += G) {
+    const int g_n = std::min(G, s.N - n0);
+    for (int g = 0; g < g_n; ++g) {
+      const float* xn = x + std::size_t(n0 + g) * s.C * s.in_plane();
+      const float* dyn = dy + std::size_t(n0 + g) * s.F * s.out_plane();
+      if (p.copy_x) {
+        float* q = xbuf + g * s.C * p.q_plane();
+        pad_image(xn, q, s, p);
+        xq[g] = q;
+      } else {
+        xq[g] = xn;
+      }
+      if (!p.exact) {
+        float* q = dybuf + g * s.F * p.v_plane(s);
+        pad_rows(dyn, q, s, p);
+        dyv[g] = q;
+      } else {
+        dyv[g] = dyn;
+      }
+    }
+    for (int f0 = 0; f0 < s.F; f0 += FB)
+      for (int k0 = 0; k0 < K; k0 += KB)
+        direct_dw_tile<FB, KB>(dyv, xq, g_n, vacc, f0, k0, s, p, koff);
+  }
+  for (std::size_t i = 0; i < std::size_t(s.F) * K; ++i) dw[i] += vsum(vload(vacc + i * kLanes));
+}
+
+inline void bias_backward(const float* dy, float* db, const Conv2dShape& s) {
+  const std::size_t P = s.out_plane();
+  for (int n = 0; n < s.N; ++n)
+    for (int f = 0; f < s.F; ++f) {
+      const float* d = dy + (std::size_t(n) * s.F + f) * P;
+      float t = 0.f;
+      for (std::size_t i = 0; i < P; ++i) t += d[i];
+      db[f] += t;
+    }
+}
+
+}  // namespace conv_detail
+
+// The direct kernels win for stride 1 with few channels (see the table above).
+inline bool conv2d_use_direct(const Conv2dShape& s) { return s.sh == 1 && s.sw == 1; }
+
+// y = conv2d(x, w) + b.  x [N,C,H,W], w [F,C,KH,KW], b [F] or nullptr,
+// y [N,F,OH,OW] (overwritten).
+inline void conv2d_forward(const float* x, const float* w, const float* b, float* y, int N, int C,
+                           int H, int W, int F, int KH, int KW, int sh, int sw, int ph, int pw,
+                           Arena& arena) {
+  const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
+  if (conv2d_use_direct(s)) conv_detail::direct_forward<5, 4>(x, w, b, y, s, arena);
+  else conv_detail::gemm_forward(x, w, b, y, s, arena);
+}
+
+inline void conv2d_forward(const float* x, const float* w, const float* b, float* y, int N, int C,
+                           int H, int W, int F, int KH, int KW, int stride, int pad, Arena& arena) {
+  conv2d_forward(x, w, b, y, N, C, H, W, F, KH, KW, stride, stride, pad, pad, arena);
+}
+
+// Accumulates (+=) into dx, dw, db; each may be nullptr when that gradient is not needed.
+inline void conv2d_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                            float* db, int N, int C, int H, int W, int F, int KH, int KW, int sh,
+                            int sw, int ph, int pw, Arena& arena) {
+  const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
+  if (db) conv_detail::bias_backward(dy, db, s);
+  if (conv2d_use_direct(s)) {
+    if (dx) conv_detail::direct_dx<5, 4>(w, dy, dx, s, arena);
+    if (dw) conv_detail::direct_dw<5, 5>(x, dy, dw, s, arena);
+  } else {
+    conv_detail::gemm_backward(x, w, dy, dx, dw, s, arena);
+  }
+}
+
+inline void conv2d_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
+                            float* db, int N, int C, int H, int W, int F, int KH, int KW,
+                            int stride, int pad, Arena& arena) {
+  conv2d_backward(x, w, dy, dx, dw, db, N, C, H, W, F, KH, KW, stride, stride, pad, pad, arena);
+}
+
+}  // namespace lt
