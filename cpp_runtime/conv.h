@@ -196,17 +196,24 @@ inline float vsum(vf8 v) {
 // Geometry of the stride-1 direct kernels.  Output row `oh` is covered by
 // `nch` vectors of 8; vector v = oh*nch + ch.  The input is read from a
 // [C][Hq][Wq] plane that holds the padding (and room for the over-read of a
-// short last vector); when no padding is needed it is x itself.
+// short last vector); when no padding is needed it is x itself.  Gradients
+// dy are read from [F][OH][OWv] planes (dy itself when OW % 8 == 0, else a
+// copy with zero tail lanes), so vector v of a dy plane is at v*8.
 struct DirectPlan {
   int nch, OWv, nvec;  // vectors per row, padded row width, vectors per plane
   int Hq, Wq;          // padded input plane
   bool copy_x;         // x needs a padded copy
   bool exact;          // OW % 8 == 0: dy / y rows are whole vectors
+  const int* vx;       // [nvec] input-plane offset of vector v: oh*Wq + ch*8
+  const int* vy;       // [nvec] output-plane offset of vector v: oh*OW + ch*8
+  const int* vn;       // [nvec] lanes of vector v inside the row: min(8, OW - ch*8)
+  const int* koff;     // [C*KH*KW] input-plane offset of column (c, kh, kw)
   std::size_t q_plane() const { return std::size_t(Hq) * Wq; }
   std::size_t v_plane(const Conv2dShape& s) const { return std::size_t(s.OH) * OWv; }
 };
 
-inline DirectPlan direct_plan(const Conv2dShape& s) {
+// Tables come from the arena: call inside the caller's ArenaScope.
+inline DirectPlan direct_plan(const Conv2dShape& s, Arena& arena) {
   DirectPlan p;
   p.nch = (s.OW + kLanes - 1) / kLanes;
   p.OWv = p.nch * kLanes;
@@ -215,6 +222,25 @@ inline DirectPlan direct_plan(const Conv2dShape& s) {
   p.Wq = std::max(s.W + 2 * s.pw, p.OWv + s.KW - 1);
   p.copy_x = s.ph != 0 || s.pw != 0 || p.Wq != s.W;
   p.exact = p.OWv == s.OW;
+  int* vx = arena.alloc<int>(p.nvec);
+  int* vy = arena.alloc<int>(p.nvec);
+  int* vn = arena.alloc<int>(p.nvec);
+  for (int v = 0; v < p.nvec; ++v) {
+    const int oh = v / p.nch, ch = v % p.nch;
+    vx[v] = oh * p.Wq + ch * kLanes;
+    vy[v] = oh * s.OW + ch * kLanes;
+    vn[v] = std::min(kLanes, s.OW - ch * kLanes);
+  }
+  const int K = int(s.ckk());
+  int* koff = arena.alloc<int>(K);
+  for (int k = 0; k < K; ++k) {
+    const int kw = k % s.KW, kh = (k / s.KW) % s.KH, c = k / (s.KW * s.KH);
+    koff[k] = int(c * p.q_plane()) + kh * p.Wq + kw;
+  }
+  p.vx = vx;
+  p.vy = vy;
+  p.vn = vn;
+  p.koff = koff;
   return p;
 }
 
@@ -235,60 +261,51 @@ inline void pad_rows(const float* dy, float* dyv, const Conv2dShape& s, const Di
   }
 }
 
-// Offset in the padded input plane of the first column read for (c, kh, kw).
-inline int column_offset(int k, const Conv2dShape& s, const DirectPlan& p) {
-  int kw = k % s.KW, kh = (k / s.KW) % s.KH, c = k / (s.KW * s.KH);
-  return int(c * p.q_plane()) + kh * p.Wq + kw;
-}
-
 // One image: y[f0:f0+FB][vectors v0:v0+RB] = b + sum_k wt[k][f] * column_k(v).
 // wt is w transposed to [K][Fp] and zero-padded to Fp (a multiple of FB).
+// Loops with compile-time bounds over the FB x RB accumulators keep them in
+// registers; partial tiles repeat their last vector and store only the valid part.
 template <int FB, int RB>
 inline void direct_forward_tile(const float* xq, const float* wt, int Fp, const float* b, float* y,
-                                int f0, int v0, const Conv2dShape& s, const DirectPlan& p,
-                                const int* koff) {
-  int xo[RB], yo[RB], yn[RB];
-  const int rb = std::min(RB, p.nvec - v0);
-  for (int r = 0; r < RB; ++r) {
-    int v = v0 + std::min(r, rb - 1), oh = v / p.nch, ch = v % p.nch;
-    xo[r] = oh * p.Wq + ch * kLanes;
-    yo[r] = oh * s.OW + ch * kLanes;
-    yn[r] = std::min(kLanes, s.OW - ch * kLanes);
-  }
+                                int f0, int v0, const Conv2dShape& s, const DirectPlan& p) {
+  const int rb = std::min(RB, p.nvec - v0), fb = std::min(FB, s.F - f0);
+  const float* xr[RB];
+  for (int r = 0; r < RB; ++r) xr[r] = xq + p.vx[v0 + std::min(r, rb - 1)];
   vf8 acc[FB][RB];
   for (int f = 0; f < FB; ++f) {
-    vf8 bias = vsplat(b && f0 + f < s.F ? b[f0 + f] : 0.f);
+    const vf8 bias = vsplat(b && f < fb ? b[f0 + f] : 0.f);
     for (int r = 0; r < RB; ++r) acc[f][r] = bias;
   }
   const int K = int(s.ckk());
   const float* wk = wt + f0;
   for (int k = 0; k < K; ++k, wk += Fp) {
-    const float* xk = xq + koff[k];
+    const int off = p.koff[k];
     vf8 xv[RB];
-    for (int r = 0; r < RB; ++r) xv[r] = vload(xk + xo[r]);
+    for (int r = 0; r < RB; ++r) xv[r] = vload(xr[r] + off);
     for (int f = 0; f < FB; ++f) {
-      vf8 wv = vsplat(wk[f]);
+      const vf8 wv = vsplat(wk[f]);
       for (int r = 0; r < RB; ++r) acc[f][r] += wv * xv[r];
     }
   }
-  const int fb = std::min(FB, s.F - f0);
-  for (int f = 0; f < fb; ++f)
-    for (int r = 0; r < rb; ++r)
-      vstore_n(y + std::size_t(f0 + f) * s.out_plane() + yo[r], acc[f][r], yn[r]);
+  const std::size_t plane = s.out_plane();
+  for (int f = 0; f < FB; ++f)
+    for (int r = 0; r < RB; ++r)
+      if (f < fb && r < rb) {
+        const int v = v0 + r;
+        vstore_n(y + (f0 + f) * plane + p.vy[v], acc[f][r], p.vn[v]);
+      }
 }
 
 template <int FB, int RB>
 inline void direct_forward(const float* x, const float* w, const float* b, float* y,
                            const Conv2dShape& s, Arena& arena) {
   ArenaScope scope(arena);
-  const DirectPlan p = direct_plan(s);
+  const DirectPlan p = direct_plan(s, arena);
   const int K = int(s.ckk());
   const int Fp = (s.F + FB - 1) / FB * FB;
   float* wt = arena.alloc_zeroed<float>(std::size_t(K) * Fp);
   for (int f = 0; f < s.F; ++f)
     for (int k = 0; k < K; ++k) wt[std::size_t(k) * Fp + f] = w[std::size_t(f) * K + k];
-  int* koff = arena.alloc<int>(K);
-  for (int k = 0; k < K; ++k) koff[k] = column_offset(k, s, p);
   float* xq = p.copy_x ? arena.alloc<float>(s.C * p.q_plane()) : nullptr;
   for (int n = 0; n < s.N; ++n) {
     const float* xn = x + std::size_t(n) * s.C * s.in_plane();
@@ -296,64 +313,56 @@ inline void direct_forward(const float* x, const float* w, const float* b, float
     float* yn = y + std::size_t(n) * s.F * s.out_plane();
     for (int f0 = 0; f0 < s.F; f0 += FB)
       for (int v0 = 0; v0 < p.nvec; v0 += RB)
-        direct_forward_tile<FB, RB>(p.copy_x ? xq : xn, wt, Fp, b, yn, f0, v0, s, p, koff);
+        direct_forward_tile<FB, RB>(p.copy_x ? xq : xn, wt, Fp, b, yn, f0, v0, s, p);
   }
 }
 
 // One image: for KB columns (k) x RB output vectors, dcol = sum_f w[f][k] * dy[f](v),
 // added into the padded input-gradient plane dxq at the column's position.
-// `kperm` lists columns with kw outermost, so a tile's read-modify-writes
-// share one alignment and never partially overlap (no store-forwarding stalls).
+// `kperm` lists columns in (kw, kh, c) order: a tile's read-modify-writes then
+// share one alignment (no partial overlaps) and mostly fall in different
+// channel planes (no chains through memory), so none waits on store forwarding.
 template <int KB, int RB>
 inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0, int v0,
-                           const Conv2dShape& s, const DirectPlan& p, const int* kperm,
-                           const int* koff) {
+                           const Conv2dShape& s, const DirectPlan& p, const int* kperm) {
   const int K = int(s.ckk());
   const int kb = std::min(KB, K - j0), rb = std::min(RB, p.nvec - v0);
-  int xo[RB], yo[RB], wo[KB], dq[KB];
-  for (int r = 0; r < RB; ++r) {
-    int v = v0 + std::min(r, rb - 1), oh = v / p.nch, ch = v % p.nch;
-    xo[r] = oh * p.Wq + ch * kLanes;
-    yo[r] = oh * p.OWv + ch * kLanes;
-  }
-  for (int j = 0; j < KB; ++j) {
-    int k = kperm[j0 + std::min(j, kb - 1)];
-    wo[j] = k;
-    dq[j] = koff[k];
-  }
+  int yo[RB], wo[KB];
+  for (int r = 0; r < RB; ++r) yo[r] = (v0 + std::min(r, rb - 1)) * kLanes;
+  for (int j = 0; j < KB; ++j) wo[j] = kperm[j0 + std::min(j, kb - 1)];
   vf8 acc[KB][RB];
   for (int j = 0; j < KB; ++j)
     for (int r = 0; r < RB; ++r) acc[j][r] = vf8{};
   const std::size_t vplane = p.v_plane(s);
-  for (int f = 0; f < s.F; ++f) {
-    const float* dyf = dyv + f * vplane;
-    const float* wf = w + std::size_t(f) * K;
+  const float* dyf = dyv;
+  const float* wf = w;
+  for (int f = 0; f < s.F; ++f, dyf += vplane, wf += K) {
     vf8 dv[RB];
     for (int r = 0; r < RB; ++r) dv[r] = vload(dyf + yo[r]);
     for (int j = 0; j < KB; ++j) {
-      vf8 wv = vsplat(wf[wo[j]]);
+      const vf8 wv = vsplat(wf[wo[j]]);
       for (int r = 0; r < RB; ++r) acc[j][r] += wv * dv[r];
     }
   }
-  for (int j = 0; j < kb; ++j)
-    for (int r = 0; r < rb; ++r) {
-      float* d = dxq + dq[j] + xo[r];
-      vstore(d, vload(d) + acc[j][r]);
-    }
+  for (int j = 0; j < KB; ++j)
+    for (int r = 0; r < RB; ++r)
+      if (j < kb && r < rb) {
+        float* d = dxq + p.koff[wo[j]] + p.vx[v0 + r];
+        vstore(d, vload(d) + acc[j][r]);
+      }
 }
 
 template <int KB, int RB>
 inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dShape& s,
                       Arena& arena) {
   ArenaScope scope(arena);
-  const DirectPlan p = direct_plan(s);
+  const DirectPlan p = direct_plan(s, arena);
   const int K = int(s.ckk());
-  int* koff = arena.alloc<int>(K);
   int* kperm = arena.alloc<int>(K);
-  for (int k = 0; k < K; ++k) koff[k] = column_offset(k, s, p);
   int j = 0;
   for (int kw = 0; kw < s.KW; ++kw)
-    for (int ckh = 0; ckh < s.C * s.KH; ++ckh) kperm[j++] = ckh * s.KW + kw;
+    for (int kh = 0; kh < s.KH; ++kh)
+      for (int c = 0; c < s.C; ++c) kperm[j++] = (c * s.KH + kh) * s.KW + kw;
   float* dxq = p.copy_x ? arena.alloc<float>(s.C * p.q_plane()) : nullptr;
   float* dyv = p.exact ? nullptr : arena.alloc<float>(s.F * p.v_plane(s));
   for (int n = 0; n < s.N; ++n) {
@@ -363,8 +372,7 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
     if (p.copy_x) std::memset(dxq, 0, sizeof(float) * s.C * p.q_plane());
     for (int j0 = 0; j0 < K; j0 += KB)
       for (int v0 = 0; v0 < p.nvec; v0 += RB)
-        direct_dx_tile<KB, RB>(p.exact ? dyn : dyv, w, p.copy_x ? dxq : dxn, j0, v0, s, p, kperm,
-                               koff);
+        direct_dx_tile<KB, RB>(p.exact ? dyn : dyv, w, p.copy_x ? dxq : dxn, j0, v0, s, p, kperm);
     if (p.copy_x)
       for (int c = 0; c < s.C; ++c)
         for (int h = 0; h < s.H; ++h) {
@@ -379,47 +387,45 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
 // filters x KB consecutive columns.
 template <int FB, int KB>
 inline void direct_dw_tile(const float* const* dyv, const float* const* xq, int G, float* vacc,
-                           int f0, int k0, const Conv2dShape& s, const DirectPlan& p,
-                           const int* koff) {
+                           int f0, int k0, const Conv2dShape& s, const DirectPlan& p) {
   const int K = int(s.ckk());
   const int fb = std::min(FB, s.F - f0), kb = std::min(KB, K - k0);
   const std::size_t vplane = p.v_plane(s);
-  int fo[FB], xo[KB];
-  for (int f = 0; f < FB; ++f) fo[f] = int((f0 + std::min(f, fb - 1)) * vplane);
-  for (int j = 0; j < KB; ++j) xo[j] = koff[k0 + std::min(j, kb - 1)];
+  std::size_t fo[FB];
+  int xo[KB];
+  for (int f = 0; f < FB; ++f) fo[f] = (f0 + std::min(f, fb - 1)) * vplane;
+  for (int j = 0; j < KB; ++j) xo[j] = p.koff[k0 + std::min(j, kb - 1)];
   vf8 acc[FB][KB];
   for (int f = 0; f < FB; ++f)
     for (int j = 0; j < KB; ++j) acc[f][j] = vf8{};
   for (int g = 0; g < G; ++g) {
     const float* dyg = dyv[g];
     const float* xg = xq[g];
-    for (int oh = 0; oh < s.OH; ++oh)
-      for (int ch = 0; ch < p.nch; ++ch) {
-        const float* dyp = dyg + oh * p.OWv + ch * kLanes;
-        const float* xp = xg + oh * p.Wq + ch * kLanes;
-        vf8 dv[FB];
-        for (int f = 0; f < FB; ++f) dv[f] = vload(dyp + fo[f]);
-        for (int j = 0; j < KB; ++j) {
-          vf8 xv = vload(xp + xo[j]);
-          for (int f = 0; f < FB; ++f) acc[f][j] += dv[f] * xv;
-        }
+    for (int v = 0; v < p.nvec; ++v) {
+      const float* dyp = dyg + v * kLanes;
+      const float* xp = xg + p.vx[v];
+      vf8 dv[FB];
+      for (int f = 0; f < FB; ++f) dv[f] = vload(dyp + fo[f]);
+      for (int j = 0; j < KB; ++j) {
+        const vf8 xv = vload(xp + xo[j]);
+        for (int f = 0; f < FB; ++f) acc[f][j] += dv[f] * xv;
       }
-  }
-  for (int f = 0; f < fb; ++f)
-    for (int j = 0; j < kb; ++j) {
-      float* a = vacc + (std::size_t(f0 + f) * K + k0 + j) * kLanes;
-      vstore(a, vload(a) + acc[f][j]);
     }
+  }
+  for (int f = 0; f < FB; ++f)
+    for (int j = 0; j < KB; ++j)
+      if (f < fb && j < kb) {
+        float* a = vacc + (std::size_t(f0 + f) * K + k0 + j) * kLanes;
+        vstore(a, vload(a) + acc[f][j]);
+      }
 }
 
 template <int FB, int KB>
 inline void direct_dw(const float* x, const float* dy, float* dw, const Conv2dShape& s,
                       Arena& arena, std::size_t group_floats = 6144) {
   ArenaScope scope(arena);
-  const DirectPlan p = direct_plan(s);
+  const DirectPlan p = direct_plan(s, arena);
   const int K = int(s.ckk());
-  int* koff = arena.alloc<int>(K);
-  for (int k = 0; k < K; ++k) koff[k] = column_offset(k, s, p);
   float* vacc = arena.alloc_zeroed<float>(std::size_t(s.F) * K * kLanes);
   // Images per group: dy and x of a group should stay in L1 across the tiles.
   const std::size_t per_image = s.F * p.v_plane(s) + s.C * p.q_plane();
@@ -450,20 +456,28 @@ inline void direct_dw(const float* x, const float* dy, float* dw, const Conv2dSh
     }
     for (int f0 = 0; f0 < s.F; f0 += FB)
       for (int k0 = 0; k0 < K; k0 += KB)
-        direct_dw_tile<FB, KB>(dyv, xq, g_n, vacc, f0, k0, s, p, koff);
+        direct_dw_tile<FB, KB>(dyv, xq, g_n, vacc, f0, k0, s, p);
   }
   for (std::size_t i = 0; i < std::size_t(s.F) * K; ++i) dw[i] += vsum(vload(vacc + i * kLanes));
+}
+
+// Sum of n floats, 16 lanes at a time.
+inline float sum_floats(const float* d, std::size_t n) {
+  vf8 a0{}, a1{};
+  std::size_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    a0 += vload(d + i);
+    a1 += vload(d + i + kLanes);
+  }
+  float t = vsum(a0 + a1);
+  for (; i < n; ++i) t += d[i];
+  return t;
 }
 
 inline void bias_backward(const float* dy, float* db, const Conv2dShape& s) {
   const std::size_t P = s.out_plane();
   for (int n = 0; n < s.N; ++n)
-    for (int f = 0; f < s.F; ++f) {
-      const float* d = dy + (std::size_t(n) * s.F + f) * P;
-      float t = 0.f;
-      for (std::size_t i = 0; i < P; ++i) t += d[i];
-      db[f] += t;
-    }
+    for (int f = 0; f < s.F; ++f) db[f] += sum_floats(dy + (std::size_t(n) * s.F + f) * P, P);
 }
 
 }  // namespace conv_detail

@@ -1,0 +1,258 @@
+"""TensorFlow twins: one `tf.function` per training step, optionally XLA (`jit_compile=True`).
+
+Weights are tf.Variables loaded from the shared numpy weights. Layouts stay
+PyTorch's (Linear weights [out, in], used with ``transpose_b=True``) except where
+TensorFlow needs its own: conv kernels become HWIO and the input NHWC (TF's CPU
+Conv2D has no NCHW kernel), so fc1's columns are permuted once from PyTorch's
+C,H,W flattening order to H,W,C. `weights()` converts back. Adagrad and the
+global-norm clipping are written out to match PyTorch's formulas exactly (Keras'
+Adagrad differs: initial accumulator 0.1, epsilon inside the square root).
+
+TreeLSTM (what runs fastest without retracing per tree shape):
+- tf.function (graph): level-batched with dynamic shapes. A `tf.while_loop` runs
+  over the tree's levels; each level gathers its children's states from a buffer
+  that grows by `concat`, and computes the whole level as one matmul. The input
+  signature has unknown dimensions, so there is exactly one trace for all 1101
+  trees. (A recursive Python function would retrace for every tree shape; an
+  unrolled level loop retraces for every depth.)
+- XLA: shapes must be static, so trees are padded to buckets (leaves to a
+  multiple of 16, depth to a multiple of 4, level width to 4/8/16; 29 buckets on
+  the SST dev set) and the level loop is unrolled over the padded depth; padded
+  rows are masked out of the loss. One compilation per bucket, all done by
+  `precompile` before timing.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Dict
+
+import numpy as np
+
+from benchmarks.frameworks._common import missing
+from benchmarks.frameworks.tree_schedule import level_schedule, padded_key, padded_schedule
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def available(jit_compile: bool = False):
+    try:
+        import tensorflow as tf
+    except Exception as e:
+        return False, missing("tensorflow-cpu", e)
+    return True, tf.__version__
+
+
+def configure_threads() -> str:
+    import tensorflow as tf
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    return ("tf intra_op={} inter_op={}".format(tf.config.threading.get_intra_op_parallelism_threads(),
+                                               tf.config.threading.get_inter_op_parallelism_threads()))
+
+
+def versions() -> dict:
+    import tensorflow as tf
+    return {"tensorflow": tf.__version__}
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def _fc1_perm() -> np.ndarray:
+    """perm[j] = PyTorch (C,H,W) flat index of TF (H,W,C) flat index j, for [20, 4, 4]."""
+    return np.arange(320).reshape(20, 4, 4).transpose(1, 2, 0).reshape(-1)
+
+
+def to_tf(model: str, weights: Dict[str, np.ndarray]) -> "OrderedDict[str, np.ndarray]":
+    out = OrderedDict((k, np.array(v, dtype=np.float32)) for k, v in weights.items())
+    if model == "cnn":
+        for k in ("conv1.weight", "conv2.weight"):
+            out[k] = np.ascontiguousarray(out[k].transpose(2, 3, 1, 0))          # OIHW -> HWIO
+        out["fc1.weight"] = np.ascontiguousarray(out["fc1.weight"][:, _fc1_perm()])
+    return out
+
+
+def from_tf(model: str, weights: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    out = {k: np.array(v) for k, v in weights.items()}
+    if model == "cnn":
+        for k in ("conv1.weight", "conv2.weight"):
+            out[k] = np.ascontiguousarray(out[k].transpose(3, 2, 0, 1))          # HWIO -> OIHW
+        w = np.empty_like(out["fc1.weight"])
+        w[:, _fc1_perm()] = out["fc1.weight"]
+        out["fc1.weight"] = w
+    return out
+
+
+# ----------------------------------------------------------------------------- trainer
+
+class TFTrainer:
+    def __init__(self, model, weights, cfg, jit_compile: bool):
+        import tensorflow as tf
+        self.tf = tf
+        self.model, self.cfg, self.jit = model, cfg, jit_compile
+        self.vars = OrderedDict((k, tf.Variable(v, name=k.replace(".", "_")))
+                                for k, v in to_tf(model, weights).items())
+        self.var_list = list(self.vars.values())
+        self.acc = ([tf.Variable(tf.zeros_like(v)) for v in self.var_list]
+                    if cfg.optimizer == "adagrad" else None)
+        if model == "treelstm":
+            self.emb = tf.constant(cfg.embedding)
+        self.loss_fn = getattr(self, f"_loss_{model}")
+        sig = self._signature()
+        self._step = tf.function(self._train_step, jit_compile=jit_compile, input_signature=sig)
+
+    # -- signatures: None dims for the dynamic TreeLSTM graph, fixed shapes otherwise
+    def _signature(self):
+        tf, cfg = self.tf, self.cfg
+        if self.model in ("rnn", "lstm"):
+            return [tf.TensorSpec([cfg.seq, cfg.batch, cfg.vocab], tf.float32),
+                    tf.TensorSpec([cfg.seq, cfg.batch], tf.int32)]
+        if self.model == "cnn":
+            return [tf.TensorSpec([cfg.batch, 28, 28, 1], tf.float32), tf.TensorSpec([cfg.batch], tf.int32)]
+        if self.model == "treelstm" and not self.jit:
+            i = tf.int32
+            return [tf.TensorSpec([None], i), tf.TensorSpec([None], i), tf.TensorSpec([None], i),
+                    tf.TensorSpec([None], i), tf.TensorSpec([None], i)]
+        return None   # XLA TreeLSTM: one trace per padded bucket
+
+    def prepare(self, batch):
+        tf = self.tf
+        if self.model in ("rnn", "lstm"):
+            return tf.constant(batch.xs), tf.constant(batch.ys)
+        if self.model == "cnn":
+            return tf.constant(batch.x.transpose(0, 2, 3, 1)), tf.constant(batch.y)
+        if self.jit:
+            return tuple(tf.constant(a) for a in padded_schedule(batch))
+        return tuple(tf.constant(a) for a in level_schedule(batch))
+
+    def precompile(self, batches):
+        """Trace (and, for XLA, compile) the step for every distinct shape among
+        `batches`, then restore the weights and optimizer state: compilation happens
+        at a concrete function's first call, so each bucket is called once."""
+        state = self.var_list + (self.acc or [])
+        saved = [v.numpy() for v in state]
+        seen = set()
+        for b in batches:
+            key = tuple(tuple(t.shape) for t in b)
+            if key not in seen:
+                seen.add(key)
+                self._step(*b)
+        for v, x in zip(state, saved):
+            v.assign(x)
+
+    def _grads(self, *batch):
+        with self.tf.GradientTape() as tape:
+            loss = self.loss_fn(*batch)
+        return loss, tape.gradient(loss, self.var_list)
+
+    def _train_step(self, *batch):
+        tf, cfg = self.tf, self.cfg
+        loss, grads = self._grads(*batch)
+        if cfg.clip is not None:   # torch.nn.utils.clip_grad_norm_ semantics
+            norm = tf.sqrt(tf.add_n([tf.reduce_sum(g * g) for g in grads]))
+            coef = tf.minimum(cfg.clip / (norm + 1e-6), 1.0)
+            grads = [g * coef for g in grads]
+        if cfg.optimizer == "adagrad":
+            for v, a, g in zip(self.var_list, self.acc, grads):
+                a.assign_add(g * g)
+                v.assign_sub(cfg.lr * g / (tf.sqrt(a) + cfg.eps))
+        else:
+            for v, g in zip(self.var_list, grads):
+                v.assign_sub(cfg.lr * g)
+        return loss
+
+    def step(self, batch) -> float:
+        return float(self._step(*batch))
+
+    def weights(self) -> Dict[str, np.ndarray]:
+        return from_tf(self.model, {k: v.numpy() for k, v in self.vars.items()})
+
+    # -- the models
+    def _ce_sum(self, labels, logits):
+        return self.tf.reduce_sum(self.tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    def _linear(self, x, name):
+        return self.tf.matmul(x, self.vars[name + ".weight"], transpose_b=True) + self.vars[name + ".bias"]
+
+    def _loss_rnn(self, xs, ys):
+        tf = self.tf
+        h = tf.zeros([self.cfg.batch, self.cfg.hidden])
+        loss = 0.0
+        for t in range(self.cfg.seq):
+            h = tf.tanh(self._linear(tf.concat([xs[t], h], axis=1), "i2h"))
+            loss += self._ce_sum(ys[t], self._linear(h, "h2o"))
+        return loss
+
+    def _loss_lstm(self, xs, ys):
+        tf, v = self.tf, self.vars
+        h = c = tf.zeros([self.cfg.batch, self.cfg.hidden])
+        b = v["cell.bias_ih"] + v["cell.bias_hh"]
+        loss = 0.0
+        for t in range(self.cfg.seq):
+            gates = (tf.matmul(xs[t], v["cell.weight_ih"], transpose_b=True)
+                     + tf.matmul(h, v["cell.weight_hh"], transpose_b=True) + b)
+            i, f, g, o = tf.split(gates, 4, axis=1)
+            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
+            h = tf.sigmoid(o) * tf.tanh(c)
+            loss += self._ce_sum(ys[t], self._linear(h, "out"))   # = nll(log_softmax)
+        return loss
+
+    def _loss_cnn(self, x, y):
+        tf, v = self.tf, self.vars
+        x = tf.nn.conv2d(x, v["conv1.weight"], 1, "VALID") + v["conv1.bias"]
+        x = tf.nn.relu(tf.nn.max_pool2d(x, 2, 2, "VALID"))
+        x = tf.nn.conv2d(x, v["conv2.weight"], 1, "VALID") + v["conv2.bias"]
+        x = tf.nn.relu(tf.nn.max_pool2d(x, 2, 2, "VALID"))
+        x = tf.reshape(x, [-1, 320])                                   # H,W,C order (fc1 permuted)
+        x = tf.nn.relu(self._linear(x, "fc1"))
+        if self.cfg.dropout:
+            x = tf.nn.dropout(x, rate=self.cfg.dropout_p)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, self._linear(x, "fc2")))
+
+    def _cells(self):
+        tf, v, H = self.tf, self.vars, self.cfg.hidden
+
+        def leaf(x):
+            z = tf.matmul(x, v["W_leaf"], transpose_b=True) + v["b_leaf"]
+            i, o, u = tf.split(z, 3, axis=1)
+            c = tf.sigmoid(i) * tf.tanh(u)
+            return tf.sigmoid(o) * tf.tanh(c), c
+
+        def inner(hl, cl, hr, cr):
+            z = tf.matmul(tf.concat([hl, hr], axis=1), v["U"], transpose_b=True) + v["b_inner"]
+            i, fl, fr, o, u = tf.split(z, 5, axis=1)
+            c = tf.sigmoid(i) * tf.tanh(u) + tf.sigmoid(fl) * cl + tf.sigmoid(fr) * cr
+            return tf.sigmoid(o) * tf.tanh(c), c
+
+        return leaf, inner, H
+
+    def _loss_treelstm(self, *sched):
+        tf, v = self.tf, self.vars
+        leaf, inner, H = self._cells()
+        if self.jit:
+            words, left, right, labels, mask = sched
+            h, c = leaf(tf.gather(self.emb, words))
+            for k in range(left.shape[0]):   # unrolled over the padded depth (static)
+                hk, ck = inner(tf.gather(h, left[k]), tf.gather(c, left[k]),
+                               tf.gather(h, right[k]), tf.gather(c, right[k]))
+                h, c = tf.concat([h, hk], 0), tf.concat([c, ck], 0)
+            logits = tf.matmul(h, v["W_out"], transpose_b=True) + v["b_out"]
+            return tf.reduce_sum(mask * tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        words, left, right, bounds, labels = sched
+        h, c = leaf(tf.gather(self.emb, words))
+
+        def body(k, h, c):
+            lo, hi = bounds[k], bounds[k + 1]
+            l, r = left[lo:hi], right[lo:hi]
+            hk, ck = inner(tf.gather(h, l), tf.gather(c, l), tf.gather(h, r), tf.gather(c, r))
+            return k + 1, tf.concat([h, hk], 0), tf.concat([c, ck], 0)
+
+        _, h, c = tf.while_loop(lambda k, h, c: k < tf.shape(bounds)[0] - 1, body, [0, h, c],
+                                shape_invariants=[tf.TensorShape([]), tf.TensorShape([None, H]),
+                                                  tf.TensorShape([None, H])])
+        logits = tf.matmul(h, v["W_out"], transpose_b=True) + v["b_out"]
+        return self._ce_sum(labels, logits)
+
+
+def build(model, weights, cfg, jit_compile: bool = False):
+    return TFTrainer(model, weights, cfg, jit_compile)

@@ -1,0 +1,96 @@
+"""Level schedules of a tree for the batched TreeLSTM twins (TensorFlow, JAX).
+
+Nodes of equal height (0 for leaves, 1 + the larger child height otherwise) do
+not depend on each other, so a level can be computed as one batched matmul.
+The schedule renumbers the nodes: leaves first, then each level in turn, so the
+states computed so far are always a prefix of one state buffer.
+
+`level_schedule` is the exact, unpadded form (for graphs with dynamic shapes);
+`padded_schedule` pads leaf count, level count and level width up to buckets so
+that a compiler that needs static shapes (XLA) sees few distinct shapes.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from benchmarks.data import Tree, tree_levels
+
+
+class LevelSchedule(NamedTuple):
+    leaf_words: np.ndarray    # int32 [n_leaves] word ids, new order
+    left: np.ndarray          # int32 [n_inner] new index of each inner node's left child
+    right: np.ndarray         # int32 [n_inner]
+    bounds: np.ndarray        # int32 [depth + 1] inner-node offsets of the levels
+    labels: np.ndarray        # int32 [n] labels, new order (leaves, then inner by level)
+
+
+class PaddedSchedule(NamedTuple):
+    leaf_words: np.ndarray    # int32 [NL]  (padding: word 0)
+    left: np.ndarray          # int32 [D, W] buffer row of the left child (padding: row 0)
+    right: np.ndarray         # int32 [D, W]
+    labels: np.ndarray        # int32 [NL + D*W] label of every buffer row (padding: 0)
+    mask: np.ndarray          # float32 [NL + D*W] 1 for real nodes, 0 for padding
+
+
+def level_schedule(tree: Tree) -> LevelSchedule:
+    height = tree_levels(tree)
+    order = np.argsort(height, kind="stable")          # leaves first, then by level
+    new = np.empty_like(order)
+    new[order] = np.arange(len(order))
+    n_leaves = int((height == 0).sum())
+    inner = order[n_leaves:]
+    depth = int(height.max())
+    counts = np.bincount(height[inner], minlength=depth + 1)[1:]
+    bounds = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return LevelSchedule(tree.words[order[:n_leaves]].astype(np.int32),
+                         new[tree.lch[inner]].astype(np.int32), new[tree.rch[inner]].astype(np.int32),
+                         bounds, tree.labels[order].astype(np.int32))
+
+
+def _bucket(n: int, step: int) -> int:
+    return max(step, -(-n // step) * step)
+
+
+def width_bucket(width: int) -> int:
+    """4, 8 or 16 (SST levels are at most 13 wide), then multiples of 16."""
+    for w in (4, 8, 16):
+        if width <= w:
+            return w
+    return _bucket(width, 16)
+
+
+def padded_schedule(tree: Tree, leaf_step: int = 16, depth_step: int = 4) -> PaddedSchedule:
+    """Buffer rows: NL leaf rows, then D levels of W rows. Buckets: NL a multiple of
+    `leaf_step`, D a multiple of `depth_step`, W one of 4/8/16."""
+    s = level_schedule(tree)
+    n_leaves, depth = len(s.leaf_words), len(s.bounds) - 1
+    widths = np.diff(s.bounds)
+    NL, D = _bucket(n_leaves, leaf_step), _bucket(depth, depth_step)
+    W = width_bucket(int(widths.max()) if depth else 1)
+    # new (unpadded) index -> buffer row
+    row = np.empty(len(s.labels), dtype=np.int64)
+    row[:n_leaves] = np.arange(n_leaves)
+    for k in range(depth):
+        lo, hi = s.bounds[k], s.bounds[k + 1]
+        row[n_leaves + lo: n_leaves + hi] = NL + k * W + np.arange(hi - lo)
+    left = np.zeros((D, W), dtype=np.int32)
+    right = np.zeros((D, W), dtype=np.int32)
+    for k in range(depth):
+        lo, hi = s.bounds[k], s.bounds[k + 1]
+        left[k, : hi - lo] = row[s.left[lo:hi]]
+        right[k, : hi - lo] = row[s.right[lo:hi]]
+    rows = NL + D * W
+    labels = np.zeros(rows, dtype=np.int32)
+    mask = np.zeros(rows, dtype=np.float32)
+    labels[row] = s.labels
+    mask[row] = 1.0
+    words = np.zeros(NL, dtype=np.int32)
+    words[:n_leaves] = s.leaf_words
+    return PaddedSchedule(words, left, right, labels, mask)
+
+
+def padded_key(p: PaddedSchedule) -> tuple:
+    """The shape bucket of a padded schedule (one compilation per key)."""
+    return (len(p.leaf_words),) + p.left.shape

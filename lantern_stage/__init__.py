@@ -1,0 +1,16 @@
+"""lantern_stage: a staging compiler for differentiable programs.
+
+Write a model against staged tensors (`Rep`), and `lt.compile` stages it into
+a CPS IR in which reverse-mode AD is done by callbacks, generates C++ (loops
+and OpenBLAS), compiles it with g++ and loads it through cffi.
+"""
+__version__ = "0.1.0"
+
+from .api import *  # noqa: F401,F403
+from .api import abs, max, sum  # noqa: F401,A004 - numpy's names, shadowing on purpose
+from .autodiff import grad, value_and_grad  # noqa: F401
+from .build import CompileError  # noqa: F401
+from .compile import CompiledFunction, compile  # noqa: F401,A004
+from .runtime import ArenaExhausted  # noqa: F401
+from .staging import Rep, StagingError  # noqa: F401
+from .types import Float, Int, IntArray, Tensor  # noqa: F401

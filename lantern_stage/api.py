@@ -1,0 +1,279 @@
+"""The user-facing tensor functions, with numpy / PyTorch argument conventions,
+and the operators of `Rep`.  Compositions (mean, sigmoid-free helpers, losses
+built from primitives) live here; primitives are in `ops/`."""
+from __future__ import annotations
+
+from math import prod
+
+from . import ops
+from .ops import elementwise as ew
+from .ops import linalg, loss, reduce, shape
+from .ops.registry import ShapeError, as_rep
+from .staging import Rep, current, staging_error
+from .types import IntArrayType, TensorType
+
+# ---------------------------------------------------------------- elementwise
+add, sub, mul, div = ew.add, ew.sub, ew.mul, ew.div
+exp, log, sqrt, tanh, sigmoid, relu = ew.exp, ew.log, ew.sqrt, ew.tanh, ew.sigmoid, ew.relu
+abs = ew.abs_  # noqa: A001 - numpy's name
+maximum, minimum, where = ew.maximum, ew.minimum, ew.where
+matmul = linalg.matmul
+log_softmax_op, softmax_op = loss.log_softmax, loss.softmax
+
+
+def neg(x):
+    return ew.neg(x)
+
+
+def power(x, exponent):
+    if isinstance(exponent, Rep):
+        raise staging_error("** needs a constant (Python number) exponent")
+    return ew.pow_(x, exponent=float(exponent))
+
+
+def cast(x, dtype: str):
+    return ew.cast(x, dtype=dtype)
+
+
+# ---------------------------------------------------------------- reductions
+def _axes(x: Rep, axis) -> tuple[int, ...]:
+    nd = len(x.shape)
+    if axis is None:
+        return tuple(range(nd))
+    axes = axis if isinstance(axis, (tuple, list)) else (axis,)
+    out = []
+    for a in axes:
+        if not -nd <= a < nd:
+            raise staging_error(f"axis {a} out of range for a tensor of shape {x.shape}")
+        out.append(a % nd)
+    return tuple(sorted(set(out)))
+
+
+def _reduce(op, x, axis, keepdims):
+    x = as_rep(x)
+    axes = _axes(x, axis)
+    if not axes:
+        return x
+    if axis is None and not keepdims and x.shape:
+        return op(reshape(x, (x.size,)), axis=0, keepdims=False)
+    out = x
+    for a in reversed(axes):
+        out = op(out, axis=a, keepdims=keepdims)
+    return out
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    return _reduce(reduce.sum_axis, x, axis, keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    return _reduce(reduce.max_axis, x, axis, keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    x = as_rep(x)
+    count = prod(x.shape[a] for a in _axes(x, axis))
+    return div(sum(x, axis, keepdims), float(count))
+
+
+# ---------------------------------------------------------------- shapes
+def reshape(x, *shape):
+    x = as_rep(x)
+    try:
+        shape = shape_mod_resolve(shape, x.size)
+    except ShapeError as e:
+        raise staging_error(f"reshape: {e}") from None
+    if shape == x.shape:
+        return x
+    return shape_reshape(x, shape=shape)
+
+
+shape_mod_resolve = shape.resolve_shape
+shape_reshape = shape.reshape
+
+
+def transpose(x, axes=None):
+    x = as_rep(x)
+    axes = tuple(reversed(range(len(x.shape)))) if axes is None else tuple(axes)
+    try:
+        out_shape, strides = shape.transpose_layout(x.shape, axes)
+    except ShapeError as e:
+        raise staging_error(f"transpose: {e}") from None
+    if out_shape == x.shape and shape.is_contiguous(out_shape, strides):
+        return x
+    return shape.strided(x, shape=out_shape, offset=0, strides=strides)
+
+
+def getitem(x, key):
+    x = as_rep(x)
+    if isinstance(x.type, IntArrayType):
+        return shape.array_read(x, as_rep(key))
+    if isinstance(key, Rep):
+        return shape.take(x, key)
+    if isinstance(key, tuple) and key and isinstance(key[0], Rep):
+        return getitem(shape.take(x, key[0]), key[1:]) if len(key) > 1 else shape.take(x, key[0])
+    try:
+        out_shape, offset, strides = shape.index_layout(x.shape, key)
+    except ShapeError as e:
+        raise staging_error(f"indexing: {e}") from None
+    if shape.is_contiguous(out_shape, strides):
+        if out_shape == x.shape and offset == 0:
+            return x
+        return shape.contiguous_slice(x, shape=out_shape, offset=offset)
+    return shape.strided(x, shape=out_shape, offset=offset, strides=strides)
+
+
+def concat(xs, axis=0):
+    xs = [as_rep(x) for x in xs]
+    if not xs:
+        raise staging_error("concat of an empty list")
+    if len(xs) == 1:
+        return xs[0]
+    return shape.concat(*xs, axis=axis)
+
+
+def stack(xs, axis=0):
+    xs = [as_rep(x) for x in xs]
+    if not xs:
+        raise staging_error("stack of an empty list")
+    nd = len(xs[0].shape) + 1
+    if not -nd <= axis < nd:
+        raise staging_error(f"stack: axis {axis} out of range")
+    axis %= nd
+    expanded = [reshape(x, x.shape[:axis] + (1,) + x.shape[axis:]) for x in xs]
+    return concat(expanded, axis)
+
+
+def split(x, split_size_or_sections, axis=0):
+    """PyTorch's split: equal chunks of a size, or a list of sizes."""
+    x = as_rep(x)
+    n = x.shape[axis]
+    if isinstance(split_size_or_sections, int):
+        sizes = [split_size_or_sections] * (n // split_size_or_sections)
+        if n % split_size_or_sections:
+            sizes.append(n % split_size_or_sections)
+    else:
+        sizes = list(split_size_or_sections)
+    if builtin_sum(sizes) != n:
+        raise staging_error(f"split: sizes {sizes} do not add up to {n}")
+    out, start = [], 0
+    axis %= len(x.shape)
+    for s in sizes:
+        key = (slice(None),) * axis + (slice(start, start + s),)
+        out.append(getitem(x, key))
+        start += s
+    return tuple(out)
+
+
+builtin_sum = __builtins__["sum"] if isinstance(__builtins__, dict) else __builtins__.sum
+
+
+def _shape_args(shape) -> tuple[int, ...]:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return tuple(int(d) for d in shape)
+
+
+def full(shape, value, dtype="float32"):
+    shape = _shape_args((shape,) if isinstance(shape, int) else (tuple(shape),))
+    return shape_full(shape=shape, value=value, dtype=dtype)
+
+
+shape_full = shape.full
+
+
+def zeros(*shape, dtype="float32"):
+    return shape_full(shape=_shape_args(shape), value=0, dtype=dtype)
+
+
+def ones(*shape, dtype="float32"):
+    return shape_full(shape=_shape_args(shape), value=1, dtype=dtype)
+
+
+def zeros_like(x):
+    x = as_rep(x)
+    return shape_full(shape=x.shape, value=0, dtype=x.dtype)
+
+
+def ones_like(x):
+    x = as_rep(x)
+    return shape_full(shape=x.shape, value=1, dtype=x.dtype)
+
+
+# ---------------------------------------------------------------- losses
+def softmax(x, axis=-1, dim=None):
+    return softmax_op(x, axis=axis if dim is None else dim)
+
+
+def log_softmax(x, axis=-1, dim=None):
+    return log_softmax_op(x, axis=axis if dim is None else dim)
+
+
+def nll_loss(logp, target, reduction="mean"):
+    return loss.nll_loss(logp, target, reduction=reduction)
+
+
+def cross_entropy(logits, target, reduction="mean"):
+    """torch.nn.functional.cross_entropy with class-index targets."""
+    return nll_loss(log_softmax(logits, -1), target, reduction)
+
+
+def mse_loss(a, b, reduction="mean"):
+    if reduction not in ("mean", "sum"):
+        raise staging_error(f"mse_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+    sq = power(sub(a, b), 2)
+    return mean(sq) if reduction == "mean" else sum(sq)
+
+
+# ---------------------------------------------------------------- Rep operators
+def _install_operators():
+    # Ops are callable objects, not functions, so wrap them to bind as methods.
+    def fwd(fn):
+        return lambda self, other: fn(self, other)
+
+    def rev(fn):
+        return lambda self, other: fn(other, self)
+
+    for names, fn in [
+        (("__add__", "__radd__"), add), (("__sub__", "__rsub__"), sub),
+        (("__mul__", "__rmul__"), mul), (("__truediv__", "__rtruediv__"), div),
+        (("__floordiv__", "__rfloordiv__"), ew.floordiv), (("__mod__", "__rmod__"), ew.mod),
+        (("__matmul__", "__rmatmul__"), matmul),
+    ]:
+        setattr(Rep, names[0], fwd(fn))
+        setattr(Rep, names[1], rev(fn))
+    for name, fn in [
+        ("__lt__", ew.less), ("__le__", ew.less_equal), ("__gt__", ew.greater),
+        ("__ge__", ew.greater_equal), ("__eq__", ew.equal), ("__ne__", ew.not_equal),
+        ("__and__", ew.logical_and), ("__or__", ew.logical_or),
+    ]:
+        setattr(Rep, name, fwd(fn))
+    Rep.__pow__ = power
+    Rep.__neg__ = neg
+    Rep.__pos__ = lambda self: self
+    Rep.__abs__ = lambda self: abs(self)
+    Rep.__hash__ = object.__hash__
+    Rep.__getitem__ = getitem
+    Rep.T = property(lambda self: transpose(self))
+    Rep.reshape = reshape
+    Rep.view = reshape
+    Rep.transpose = lambda self, *axes: transpose(self, _axes_arg(axes))
+    Rep.permute = Rep.transpose
+    Rep.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
+    Rep.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
+    Rep.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
+    for name, fn in [("exp", exp), ("log", log), ("tanh", tanh), ("sigmoid", sigmoid), ("relu", relu)]:
+        setattr(Rep, name, (lambda f: lambda self: f(self))(fn))
+    Rep.length = property(lambda self: shape.array_length(self))
+    Rep.astype = cast
+
+
+def _axes_arg(axes):
+    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+        return tuple(axes[0])
+    return tuple(axes) or None
+
+
+_install_operators()
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "prod", "TensorType", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape", "staging_error", "builtin_sum", "Rep", "current", "ops", "as_rep")]

@@ -1,0 +1,190 @@
+"""C++ from the CPS IR.
+
+`Lam` -> a C++ lambda; `Fun` -> a lambda called through an `lt::FnRef`
+declared before it (so it can call itself); `Call`/`Jump` -> calls; `If` ->
+if/else; `Map` -> loops over collapsed dimensions; `Prim` -> a kernel call
+(kernels.py).  Every block that allocates opens an `lt::ArenaScope`, so a
+frame's buffers are released right after its backward code has run.
+The module skeleton is the jinja2 template templates/module.cpp.j2.
+"""
+from __future__ import annotations
+
+from .. import ir
+from ..types import CPP_TYPE, IntArrayType
+from .kernels import render_prim
+
+
+def cpp_type(v: ir.Var) -> str:
+    if isinstance(v.type, IntArrayType):
+        return "int32_t*"
+    t = CPP_TYPE[v.dtype]
+    return t if v.storage == "scalar" else t + "*"
+
+
+def param_decl(v: ir.Var) -> str:
+    return f"{cpp_type(v)} {v.name}"
+
+
+def cont_signature(types: list[ir.Var]) -> str:
+    return "lt::FnRef<void(" + ", ".join(cpp_type(v) for v in types) + ")>"
+
+
+class Renderer:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.indent = 1
+
+    def line(self, text: str) -> None:
+        self.lines.append("  " * self.indent + text)
+
+    # ------------------------------------------------------------ blocks
+    def block(self, block: ir.Block, scoped: bool = True) -> None:
+        if scoped and any(isinstance(s, ir.Alloc) for s in block.stmts):
+            self.line("lt::ArenaScope frame(arena);")
+        last_note = None
+        for stmt in block.stmts:
+            note = getattr(stmt, "loc", "")
+            if note and note != last_note:
+                self.line(f"// {note}")
+            last_note = note
+            self.stmt(stmt)
+
+    def nested(self, header: str, block: ir.Block, footer: str = "}", frame_guard: bool = False) -> None:
+        self.line(header)
+        self.indent += 1
+        if frame_guard:
+            self.line("lt::Runtime::Frame guard(rt);")
+        self.block(block)
+        self.indent -= 1
+        self.line(footer)
+
+    # ------------------------------------------------------------ statements
+    def stmt(self, s: ir.Stmt) -> None:
+        if isinstance(s, ir.Alloc):
+            fn = "alloc_zeroed" if s.zero else "alloc"
+            t = CPP_TYPE[s.var.dtype]
+            self.line(f"{t}* {s.var.name} = arena.{fn}<{t}>({max(s.var.size, 1)});")
+        elif isinstance(s, ir.Alias):
+            self.line(f"{cpp_type(s.var)} {s.var.name} = {s.base.name} + {s.offset};")
+        elif isinstance(s, ir.ScalarDef):
+            self.line(f"const {CPP_TYPE[s.var.dtype]} {s.var.name} = {self.expr(s.expr, {})};")
+        elif isinstance(s, ir.Map):
+            self.map(s)
+        elif isinstance(s, ir.Prim):
+            self.line(render_prim(s))
+        elif isinstance(s, ir.Comment):
+            self.line(f"// {s.text}")
+        elif isinstance(s, ir.Nested):
+            self.nested("{", s.body)
+        elif isinstance(s, ir.LamDef):
+            lam = s.lam
+            params = ", ".join(param_decl(p) for p in lam.params)
+            self.nested(f"auto {lam.name} = [&]({params}) -> void {{  // continuation", lam.body, "};")
+        elif isinstance(s, ir.FunDef):
+            fun = s.fun
+            sig = ", ".join([cpp_type(p) for p in fun.params] + [cont_signature(fun.k.arg_types)])
+            params = ", ".join([param_decl(p) for p in fun.params] + [f"{cont_signature(fun.k.arg_types)} {fun.k.name}"])
+            self.line(f"lt::FnRef<void({sig})> {fun.name};")
+            self.nested(f"auto {fun.name}_body = [&]({params}) -> void {{", fun.body, "};", frame_guard=True)
+            self.line(f"{fun.name} = {fun.name}_body;")
+        elif isinstance(s, ir.If):
+            self.nested(f"if ({s.cond.name}) {{", s.then)
+            self.nested("else {", s.else_)
+        elif isinstance(s, ir.Call):
+            args = ", ".join([a.name for a in s.args] + [s.k.name])
+            self.line(f"{s.fun.name}({args});")
+        elif isinstance(s, ir.Jump):
+            self.line(f"{s.k.name}({', '.join(a.name for a in s.args)});")
+        elif isinstance(s, ir.Loop):
+            self.line("while (true) {")
+            self.indent += 1
+            self.line("lt::ArenaScope frame(arena);")
+            self.block(s.head, scoped=False)
+            self.line(f"if (!{s.cond.name}) break;")
+            self.block(s.body, scoped=False)
+            self.indent -= 1
+            self.line("}")
+        else:
+            raise ValueError(f"internal: cannot render {s}")
+
+    # ------------------------------------------------------------ expressions
+    def expr(self, e: ir.Expr, index: dict) -> str:
+        tag = e[0]
+        if tag == "load":
+            return self.load(e[1], index)
+        if tag == "local":
+            return e[1]
+        args = [self.expr(a, index) for a in e[2]]
+        if not args:
+            return e[1]
+        return "(" + e[1].format(*args) + ")"
+
+    def load(self, view: ir.View, index: dict) -> str:
+        var = view.var
+        if var.storage == "scalar":
+            return var.name
+        if var.storage == "const":
+            return str(var.value)
+        return f"{var.name}[{index[id(view)]}]"
+
+    # ------------------------------------------------------------ loops
+    def map(self, m: ir.Map) -> None:
+        views = _views(m)
+        shape, strides = _collapse(m.shape, [v.strides for v in views])
+        names = [f"i{d}" for d in range(len(shape))]
+        index = {}
+        for v, st in zip(views, strides):
+            terms = [str(v.offset)] if v.offset else []
+            for name, s in zip(names, st):
+                if s == 1:
+                    terms.append(name)
+                elif s:
+                    terms.append(f"{name} * {s}")
+            index[id(v)] = " + ".join(terms) or "0"
+        for name, n in zip(names, shape):
+            self.line(f"for (long {name} = 0; {name} < {n}; ++{name}) {{")
+            self.indent += 1
+        if not shape:
+            self.line("{")
+            self.indent += 1
+        for name, e in m.locals_:
+            self.line(f"const auto {name} = {self.expr(e, index)};")
+        for a in m.assigns:
+            op = "+=" if a.accumulate else "="
+            self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
+        for _ in range(max(len(shape), 1)):
+            self.indent -= 1
+            self.line("}")
+
+
+def _views(m: ir.Map) -> list[ir.View]:
+    out = []
+    for _, e in m.locals_:
+        out.extend(ir.expr_loads(e))
+    for a in m.assigns:
+        out.append(a.dst)
+        out.extend(ir.expr_loads(a.expr))
+    return out
+
+
+def _collapse(shape, strides_list):
+    """Merge adjacent dimensions that every view walks contiguously, and drop
+    size-1 dimensions, so most loops become one flat vectorisable loop."""
+    dims = [(n, [s[d] for s in strides_list]) for d, n in enumerate(shape) if n != 1]
+    merged: list = []
+    for n, st in dims:
+        if merged:
+            pn, pst = merged[-1]
+            if all(p == s * n for p, s in zip(pst, st)):
+                merged[-1] = (pn * n, st)
+                continue
+        merged.append((n, st))
+    new_shape = [n for n, _ in merged]
+    new_strides = [[st[i] for _, st in merged] for i in range(len(strides_list))]
+    return new_shape, new_strides
+
+
+def render_body(block: ir.Block) -> str:
+    r = Renderer()
+    r.block(block, scoped=False)
+    return "\n".join(r.lines)

@@ -1,0 +1,117 @@
+"""How each kernel primitive (`ir.Prim`) is rendered: one line per kind,
+calling into cpp_runtime/.  Adding a primitive means adding its line here."""
+from __future__ import annotations
+
+from ..ir import Prim, Var
+from ..types import CPP_TYPE
+
+
+def ptr(v: Var) -> str:
+    if v.storage == "buf" or v.storage == "array":
+        return v.name
+    if v.storage == "scalar":
+        return f"&{v.name}"
+    raise ValueError(f"internal: kernel operand {v!r} has no memory")
+
+
+def val(v: Var) -> str:
+    if v.storage == "scalar":
+        return v.name
+    if v.storage == "const":
+        return str(v.value)
+    return f"{v.name}[0]"
+
+
+def cbool(x) -> str:
+    return "true" if x else "false"
+
+
+def _beta(p: Prim) -> str:
+    return "1.0f" if p.accumulate else "0.0f"
+
+
+def _gemm(p: Prim) -> str:
+    a = p.attrs
+    return (f"lt::gemm({cbool(a['ta'])}, {cbool(a['tb'])}, {a['M']}, {a['N']}, {a['K']}, "
+            f"{ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {_beta(p)});")
+
+
+def _gemv(p: Prim) -> str:
+    a = p.attrs
+    return (f"lt::gemv({cbool(a['trans'])}, {a['M']}, {a['N']}, {ptr(p.ins[0])}, {ptr(p.ins[1])}, "
+            f"{ptr(p.outs[0])}, {_beta(p)});")
+
+
+def _ger(p: Prim) -> str:
+    a = p.attrs
+    assert p.accumulate, "ger only accumulates"
+    return f"lt::ger({a['M']}, {a['N']}, {ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])});"
+
+
+def _dot(p: Prim) -> str:
+    return f"lt::dot({p.attrs['N']}, {ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {cbool(p.accumulate)});"
+
+
+def _layout_call(fn: str):
+    def render(p: Prim) -> str:
+        a = p.attrs
+        args = ", ".join(ptr(v) for v in p.ins + p.outs)
+        return f"lt::{fn}({args}, {a['outer']}, {a['n']}, {a['inner']});"
+
+    return render
+
+
+def _nll(p: Prim) -> str:
+    a = p.attrs
+    return f"lt::nll({ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {a['N']}, {a['C']}, {a['scale']!r}f);"
+
+
+def _nll_backward(p: Prim) -> str:
+    a = p.attrs
+    return (f"lt::nll_backward({ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, "
+            f"{a['N']}, {a['C']}, {a['scale']!r}f);")
+
+
+def _take_row(p: Prim) -> str:
+    a = p.attrs
+    return f"lt::take_row({ptr(p.ins[0])}, {val(p.ins[1])}, {ptr(p.outs[0])}, {a['rows']}, {a['width']});"
+
+
+def _take_row_backward(p: Prim) -> str:
+    a = p.attrs
+    return f"lt::take_row_backward({ptr(p.ins[0])}, {val(p.ins[1])}, {ptr(p.outs[0])}, {a['rows']}, {a['width']});"
+
+
+def _store_output(p: Prim) -> str:
+    v, j = p.ins[0], p.attrs["index"]
+    ctype = CPP_TYPE[v.dtype]
+    if v.storage in ("scalar", "const"):
+        return f"*static_cast<{ctype}*>(lt_out[{j}]) = {val(v)};"
+    return f"std::memcpy(lt_out[{j}], {v.name}, sizeof({ctype}) * {max(v.size, 1)});"
+
+
+KERNELS = {
+    "gemm": _gemm,
+    "gemv": _gemv,
+    "ger": _ger,
+    "dot": _dot,
+    "reduce_sum": _layout_call("reduce_sum"),
+    "reduce_max": _layout_call("reduce_max"),
+    "softmax": _layout_call("softmax"),
+    "log_softmax": _layout_call("log_softmax"),
+    "softmax_backward": _layout_call("softmax_backward"),
+    "log_softmax_backward": _layout_call("log_softmax_backward"),
+    "nll": _nll,
+    "nll_backward": _nll_backward,
+    "take_row": _take_row,
+    "take_row_backward": _take_row_backward,
+    "store_output": _store_output,
+}
+
+
+def render_prim(p: Prim) -> str:
+    try:
+        render = KERNELS[p.kind]
+    except KeyError:
+        raise ValueError(f"internal: no kernel renderer for primitive {p.kind!r}") from None
+    return render(p)

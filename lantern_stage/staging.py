@@ -1,0 +1,215 @@
+"""Staging: the Builder that records IR while the user's Python runs, and `Rep`,
+the staged value users compute with.
+
+The Builder keeps a stack of scopes.  A scope is a reset point of the CPS
+transform (a `value_and_grad` body, a branch of `cond`, the body of a staged
+function); within it, every control-flow construct splits "the rest of the
+program" into a fresh continuation block, so a scope owns a list of blocks.
+Each block keeps the backward emitters of the ops staged into it; closing the
+scope emits its tail (seed the loss, or jump to the continuation) and then
+flushes every block's backward emitters in reverse: `fwd; k(y); bwd`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+
+from . import ir
+from .types import IntArrayType, TensorType
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class StagingError(Exception):
+    """The model is wrong while staging: a shape or type mismatch, a misuse of
+    control flow.  The message names the op and the user's file:line."""
+
+
+def user_location() -> str:
+    """file:line of the innermost frame outside lantern_stage (the user's code)."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        fname = frame.f_code.co_filename
+        if not os.path.abspath(fname).startswith(_PACKAGE_DIR + os.sep):
+            return f"{fname}:{frame.f_lineno}"
+        frame = frame.f_back
+    return "<unknown>"
+
+
+def staging_error(message: str) -> StagingError:
+    return StagingError(f"{message}\n  at {user_location()}")
+
+
+@dataclass
+class Scope:
+    blocks: list
+    grad: bool
+
+
+class Builder:
+    def __init__(self):
+        self._counter = 0
+        root = ir.Block(label="entry")
+        self.root = root
+        self.scopes: list[Scope] = [Scope([root], grad=False)]
+
+    # ------------------------------------------------------------ names, vars
+    def fresh(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def new_var(self, type_, prefix: str = "t") -> ir.Var:
+        if isinstance(type_, IntArrayType):
+            storage = "array"
+        elif type_.shape == () and type_.dtype != "float32":
+            storage = "scalar"
+        else:
+            storage = "buf"
+        return ir.Var(self.fresh(prefix), type_, storage)
+
+    def const(self, value, dtype: str) -> ir.Var:
+        return ir.Var(f"c{value}", TensorType((), dtype), "const", value)
+
+    def alloc(self, type_, prefix: str = "t", zero: bool = False) -> ir.Var:
+        var = self.new_var(type_, prefix)
+        if var.storage == "buf":
+            self.emit(ir.Alloc(var, zero))
+        return var
+
+    # ---------------------------------------------------------------- blocks
+    @property
+    def block(self) -> ir.Block:
+        return self.scopes[-1].blocks[-1]
+
+    @property
+    def in_grad(self) -> bool:
+        return self.scopes[-1].grad
+
+    def emit(self, stmt: ir.Stmt) -> None:
+        self.block.stmts.append(stmt)
+
+    def push_backward(self, emitter) -> None:
+        self.block.pending.append(emitter)
+
+    def open_scope(self, label: str, grad: bool | None = None, parent: ir.Block | None = None) -> ir.Block:
+        block = ir.Block(parent=parent or self.block, label=label)
+        self.scopes.append(Scope([block], self.in_grad if grad is None else grad))
+        return block
+
+    def continue_in(self, block: ir.Block) -> None:
+        """The rest of the current scope is staged into `block` (a continuation body)."""
+        self.scopes[-1].blocks.append(block)
+
+    def close_scope(self, tail=None) -> ir.Block:
+        """Emit `tail()` at the innermost point of the scope, then every
+        pending backward emitter, innermost block first, in reverse order."""
+        scope = self.scopes[-1]
+        if tail is not None:
+            tail()
+        for block in reversed(scope.blocks):
+            self.scopes.append(Scope([block], False))
+            try:
+                while block.pending:
+                    block.pending.pop()()
+            finally:
+                self.scopes.pop()
+        self.scopes.pop()
+        return scope.blocks[0]
+
+    def depth(self) -> int:
+        return len(self.scopes)
+
+    def unwind_to(self, depth: int) -> None:
+        """Drop scopes opened after `depth` (when staging raised midway)."""
+        del self.scopes[depth:]
+
+    def visible(self, block: ir.Block) -> bool:
+        return block.encloses(self.block)
+
+
+_BUILDERS: list[Builder] = []
+
+
+def current() -> Builder:
+    if not _BUILDERS:
+        raise StagingError(
+            "staged operation outside of staging: lantern_stage ops only work "
+            "inside a function passed to lt.compile / lt.train_step"
+        )
+    return _BUILDERS[-1]
+
+
+def is_staging() -> bool:
+    return bool(_BUILDERS)
+
+
+class staging_context:
+    def __init__(self, builder: Builder):
+        self.builder = builder
+
+    def __enter__(self):
+        _BUILDERS.append(self.builder)
+        return self.builder
+
+    def __exit__(self, *exc):
+        _BUILDERS.pop()
+        return False
+
+
+# ------------------------------------------------------------------ Rep
+class Rep:
+    """A staged value ("Rep[Tensor]"): stands for a C++ buffer or scalar of a
+    static type.  `grad` is its gradient buffer while a `value_and_grad` is
+    being staged and the value depends on a differentiated argument."""
+
+    __array_priority__ = 1000  # numpy defers `ndarray op Rep` to Rep
+
+    def __init__(self, var: ir.Var, block: ir.Block | None, grad: ir.Var | None = None):
+        self.var = var
+        self.block = block
+        self.grad = grad
+
+    # ---- static facts
+    @property
+    def type(self):
+        return self.var.type
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if isinstance(self.var.type, IntArrayType):
+            raise staging_error("an IntArray has no static shape; use .length")
+        return self.var.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.var.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return self.var.type.size
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise staging_error("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"Rep({self.var.name}: {self.var.type})"
+
+    def __bool__(self):
+        raise staging_error(
+            "a staged value has no Python truth value at staging time; "
+            "use lt.cond / lt.where / lt.while_loop for data-dependent control flow"
+        )
+
+    def __iter__(self):
+        if isinstance(self.var.type, IntArrayType):
+            raise staging_error("cannot iterate over an IntArray at staging time")
+        return (self[i] for i in range(len(self)))
+
+    # ---- arithmetic: defined in ops, attached there (one place per op)

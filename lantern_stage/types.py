@@ -1,0 +1,105 @@
+"""Static types of staged values, and the annotations users write for them.
+
+`Tensor[32, 10]` is a float32 tensor of static shape (32, 10);
+`Tensor[32, "int32"]` an int32 one.  `Int` is a staged int32 scalar and
+`IntArray` an int32 vector whose length is only known at run time (index
+data such as tree children).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+DTYPES = ("float32", "int32", "bool")
+CPP_TYPE = {"float32": "float", "int32": "int32_t", "bool": "bool"}
+NUMPY_DTYPE = {"float32": "float32", "int32": "int32", "bool": "bool"}
+
+
+@dataclass(frozen=True)
+class TensorType:
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; expected one of {DTYPES}")
+        for d in self.shape:
+            if not isinstance(d, int) or d < 0:
+                raise ValueError(f"bad dimension {d!r} in shape {self.shape}")
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype == "float32"
+
+    def __str__(self) -> str:
+        dims = ",".join(str(d) for d in self.shape)
+        return f"{self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class IntArrayType:
+    """A 1-D int32 array of run-time length."""
+
+    dtype: str = "int32"
+
+    @property
+    def is_float(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return "int32[?]"
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc *= d
+    return tuple(reversed(strides))
+
+
+class _TensorAnnotation(type):
+    """`Tensor[d0, d1, ...]` and `Tensor[d0, ..., "int32"]` build a TensorType."""
+
+    def __getitem__(cls, item) -> TensorType:
+        items = item if isinstance(item, tuple) else (item,)
+        dtype = "float32"
+        if items and isinstance(items[-1], str):
+            dtype, items = items[-1], items[:-1]
+        return TensorType(tuple(int(d) for d in items), dtype)
+
+
+class Tensor(metaclass=_TensorAnnotation):
+    """Annotation for staged tensor inputs: `lt.Tensor[32, 10]`, `lt.Tensor[32, "int32"]`."""
+
+
+Int = TensorType((), "int32")
+Float = TensorType((), "float32")
+
+
+class IntArray:
+    """Annotation for a run-time-length int32 vector input."""
+
+    type = IntArrayType()
+
+
+def annotation_type(annotation, where: str):
+    """The static type an input annotation denotes, or a TypeError saying what is wrong."""
+    if isinstance(annotation, (TensorType, IntArrayType)):
+        return annotation
+    if annotation is IntArray:
+        return IntArray.type
+    if annotation is Tensor:
+        raise TypeError(f"{where}: annotate with a shape, e.g. lt.Tensor[32, 10]")
+    raise TypeError(
+        f"{where}: annotation {annotation!r} is not a staged type; "
+        "use lt.Tensor[d0, d1, ...], lt.Tensor[..., 'int32'], lt.Int or lt.IntArray"
+    )
