@@ -265,12 +265,18 @@ inline void pad_rows(const float* dy, float* dyv, const Conv2dShape& s, const Di
 // wt is w transposed to [K][Fp] and zero-padded to Fp (a multiple of FB).
 // Loops with compile-time bounds over the FB x RB accumulators keep them in
 // registers; partial tiles repeat their last vector and store only the valid part.
-template <int FB, int RB>
+template <int FB, int RB, bool Full>
 inline void direct_forward_tile(const float* xq, const float* wt, int Fp, const float* b, float* y,
                                 int f0, int v0, const Conv2dShape& s, const DirectPlan& p) {
-  const int rb = std::min(RB, p.nvec - v0), fb = std::min(FB, s.F - f0);
+  const int rb = Full ? RB : std::min(RB, p.nvec - v0), fb = Full ? FB : std::min(FB, s.F - f0);
   const float* xr[RB];
-  for (int r = 0; r < RB; ++r) xr[r] = xq + p.vx[v0 + std::min(r, rb - 1)];
+  int yo[RB], yn[RB];
+  for (int r = 0; r < RB; ++r) {
+    const int v = v0 + std::min(r, rb - 1);
+    xr[r] = xq + p.vx[v];
+    yo[r] = p.vy[v];
+    yn[r] = p.vn[v];
+  }
   vf8 acc[FB][RB];
   for (int f = 0; f < FB; ++f) {
     const vf8 bias = vsplat(b && f < fb ? b[f0 + f] : 0.f);
@@ -288,11 +294,13 @@ inline void direct_forward_tile(const float* xq, const float* wt, int Fp, const 
     }
   }
   const std::size_t plane = s.out_plane();
+  const bool exact = p.exact;
   for (int f = 0; f < FB; ++f)
     for (int r = 0; r < RB; ++r)
-      if (f < fb && r < rb) {
-        const int v = v0 + r;
-        vstore_n(y + (f0 + f) * plane + p.vy[v], acc[f][r], p.vn[v]);
+      if (Full || (f < fb && r < rb)) {
+        float* out = y + (f0 + f) * plane + yo[r];
+        if (Full && exact) vstore(out, acc[f][r]);
+        else vstore_n(out, acc[f][r], yn[r]);
       }
 }
 
@@ -312,8 +320,12 @@ inline void direct_forward(const float* x, const float* w, const float* b, float
     if (p.copy_x) pad_image(xn, xq, s, p);
     float* yn = y + std::size_t(n) * s.F * s.out_plane();
     for (int f0 = 0; f0 < s.F; f0 += FB)
-      for (int v0 = 0; v0 < p.nvec; v0 += RB)
-        direct_forward_tile<FB, RB>(p.copy_x ? xq : xn, wt, Fp, b, yn, f0, v0, s, p);
+      for (int v0 = 0; v0 < p.nvec; v0 += RB) {
+        if (f0 + FB <= s.F && v0 + RB <= p.nvec)
+          direct_forward_tile<FB, RB, true>(p.copy_x ? xq : xn, wt, Fp, b, yn, f0, v0, s, p);
+        else
+          direct_forward_tile<FB, RB, false>(p.copy_x ? xq : xn, wt, Fp, b, yn, f0, v0, s, p);
+      }
   }
 }
 
@@ -322,14 +334,22 @@ inline void direct_forward(const float* x, const float* w, const float* b, float
 // `kperm` lists columns in (kw, kh, c) order: a tile's read-modify-writes then
 // share one alignment (no partial overlaps) and mostly fall in different
 // channel planes (no chains through memory), so none waits on store forwarding.
-template <int KB, int RB>
+template <int KB, int RB, bool Full>
 inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0, int v0,
                            const Conv2dShape& s, const DirectPlan& p, const int* kperm) {
   const int K = int(s.ckk());
-  const int kb = std::min(KB, K - j0), rb = std::min(RB, p.nvec - v0);
-  int yo[RB], wo[KB];
-  for (int r = 0; r < RB; ++r) yo[r] = (v0 + std::min(r, rb - 1)) * kLanes;
-  for (int j = 0; j < KB; ++j) wo[j] = kperm[j0 + std::min(j, kb - 1)];
+  const int kb = Full ? KB : std::min(KB, K - j0), rb = Full ? RB : std::min(RB, p.nvec - v0);
+  // Offsets copied to locals: the stores into dxq cannot alias them.
+  int yo[RB], xo[RB], wo[KB], dq[KB];
+  for (int r = 0; r < RB; ++r) {
+    const int v = v0 + std::min(r, rb - 1);
+    yo[r] = v * kLanes;
+    xo[r] = p.vx[v];
+  }
+  for (int j = 0; j < KB; ++j) {
+    wo[j] = kperm[j0 + std::min(j, kb - 1)];
+    dq[j] = p.koff[wo[j]];
+  }
   vf8 acc[KB][RB];
   for (int j = 0; j < KB; ++j)
     for (int r = 0; r < RB; ++r) acc[j][r] = vf8{};
@@ -346,8 +366,8 @@ inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0,
   }
   for (int j = 0; j < KB; ++j)
     for (int r = 0; r < RB; ++r)
-      if (j < kb && r < rb) {
-        float* d = dxq + p.koff[wo[j]] + p.vx[v0 + r];
+      if (Full || (j < kb && r < rb)) {
+        float* d = dxq + dq[j] + xo[r];
         vstore(d, vload(d) + acc[j][r]);
       }
 }
@@ -370,9 +390,15 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
     float* dxn = dx + std::size_t(n) * s.C * s.in_plane();
     if (!p.exact) pad_rows(dyn, dyv, s, p);
     if (p.copy_x) std::memset(dxq, 0, sizeof(float) * s.C * p.q_plane());
+    const float* dys = p.exact ? dyn : dyv;
+    float* dxs = p.copy_x ? dxq : dxn;
     for (int j0 = 0; j0 < K; j0 += KB)
-      for (int v0 = 0; v0 < p.nvec; v0 += RB)
-        direct_dx_tile<KB, RB>(p.exact ? dyn : dyv, w, p.copy_x ? dxq : dxn, j0, v0, s, p, kperm);
+      for (int v0 = 0; v0 < p.nvec; v0 += RB) {
+        if (j0 + KB <= K && v0 + RB <= p.nvec)
+          direct_dx_tile<KB, RB, true>(dys, w, dxs, j0, v0, s, p, kperm);
+        else
+          direct_dx_tile<KB, RB, false>(dys, w, dxs, j0, v0, s, p, kperm);
+      }
     if (p.copy_x)
       for (int c = 0; c < s.C; ++c)
         for (int h = 0; h < s.H; ++h) {
@@ -385,11 +411,11 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
 
 // Over G images: vacc[f][k] (8 lanes) += sum_v dy[f](v) * column_k(v) for FB
 // filters x KB consecutive columns.
-template <int FB, int KB>
+template <int FB, int KB, bool Full>
 inline void direct_dw_tile(const float* const* dyv, const float* const* xq, int G, float* vacc,
                            int f0, int k0, const Conv2dShape& s, const DirectPlan& p) {
   const int K = int(s.ckk());
-  const int fb = std::min(FB, s.F - f0), kb = std::min(KB, K - k0);
+  const int fb = Full ? FB : std::min(FB, s.F - f0), kb = Full ? KB : std::min(KB, K - k0);
   const std::size_t vplane = p.v_plane(s);
   std::size_t fo[FB];
   int xo[KB];
@@ -414,7 +440,7 @@ inline void direct_dw_tile(const float* const* dyv, const float* const* xq, int 
   }
   for (int f = 0; f < FB; ++f)
     for (int j = 0; j < KB; ++j)
-      if (f < fb && j < kb) {
+      if (Full || (f < fb && j < kb)) {
         float* a = vacc + (std::size_t(f0 + f) * K + k0 + j) * kLanes;
         vstore(a, vload(a) + acc[f][j]);
       }
@@ -455,8 +481,12 @@ inline void direct_dw(const float* x, const float* dy, float* dw, const Conv2dSh
       }
     }
     for (int f0 = 0; f0 < s.F; f0 += FB)
-      for (int k0 = 0; k0 < K; k0 += KB)
-        direct_dw_tile<FB, KB>(dyv, xq, g_n, vacc, f0, k0, s, p);
+      for (int k0 = 0; k0 < K; k0 += KB) {
+        if (f0 + FB <= s.F && k0 + KB <= K)
+          direct_dw_tile<FB, KB, true>(dyv, xq, g_n, vacc, f0, k0, s, p);
+        else
+          direct_dw_tile<FB, KB, false>(dyv, xq, g_n, vacc, f0, k0, s, p);
+      }
   }
   for (std::size_t i = 0; i < std::size_t(s.F) * K; ++i) dw[i] += vsum(vload(vacc + i * kLanes));
 }

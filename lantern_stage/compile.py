@@ -53,6 +53,7 @@ class CompiledFunction:
             self._entry = EntryPoint(
                 library, p.symbol, self.name, [s for s, _ in p.inputs], output_layout(p),
                 functools.partial(tree_unflatten, p.out_tree), self.arena_bytes, self.max_depth,
+                [(h, v.shape, v.dtype) for h, v in p.captures],
             )
         return self._entry
 

@@ -26,7 +26,7 @@ class Program:
     outputs: list[ir.Var]
     out_tree: TreeDef
     body: ir.Block
-    extra_inputs: list = field(default_factory=list)
+    captures: list = field(default_factory=list)  # (holder, Var): arrays passed by pointer
 
     @property
     def symbol(self) -> str:
@@ -79,7 +79,7 @@ def make_input(b: Builder, name: str, type_) -> tuple[ArgSpec, ir.Var]:
     return spec, var
 
 
-def stage(fn, name: str, specs, extra_inputs=()) -> Program:
+def stage(fn, name: str, specs) -> Program:
     """Run `fn` on staged inputs (`specs`: (name, type) pairs), recording IR."""
     b = Builder()
     with staging_context(b):
@@ -103,11 +103,15 @@ def stage(fn, name: str, specs, extra_inputs=()) -> Program:
 
         body = b.close_scope(store_outputs)
     outputs = [r.var for r in reps_out]
-    return Program(name, inputs, outputs, tree, body, list(extra_inputs))
+    return Program(name, inputs, outputs, tree, body, list(b.captures))
 
 
 def prologue(program: Program) -> list[str]:
     lines = []
+    n = len(program.inputs)
+    for k, (_holder, var) in enumerate(program.captures):
+        t = CPP_TYPE[var.dtype]
+        lines.append(f"{t}* {var.name} = static_cast<{t}*>(lt_in[{n + k}]);")
     for k, (spec, var) in enumerate(program.inputs):
         if spec.kind == "intarray":
             lines.append(f"int32_t* {var.name} = static_cast<int32_t*>(lt_in[{k}]);")
@@ -136,7 +140,8 @@ def render_module(programs: list[Program]) -> str:
         entries.append(dict(
             name=p.name,
             symbol=p.symbol,
-            signature=", ".join(f"{s.name}: {s.describe()}" for s, _ in p.inputs),
+            signature=", ".join(f"{s.name}: {s.describe()}" for s, _ in p.inputs)
+            + "".join(f"; captured {v.name}: {v.type}" for _, v in p.captures),
             prologue=prologue(p),
             body=render_body(p.body),
             deep=p.deep,

@@ -84,7 +84,7 @@ class EntryPoint:
 
     def __init__(self, library: Library, symbol: str, name: str, inputs: list[ArgSpec],
                  outputs: list[tuple[tuple, str]], unflatten, arena_bytes=DEFAULT_ARENA_BYTES,
-                 max_depth=DEFAULT_MAX_DEPTH):
+                 max_depth=DEFAULT_MAX_DEPTH, captures=()):
         self.library = library
         self.symbol = symbol
         self.name = name
@@ -93,6 +93,8 @@ class EntryPoint:
         self.unflatten = unflatten
         self.arena_bytes = arena_bytes
         self.max_depth = max_depth
+        # (holder, shape, dtype): arrays read through `holder` at every call
+        self.captures = list(captures)
         self.last_peak_bytes = 0
         self._fn = getattr(library.lib, symbol)
 
@@ -110,7 +112,10 @@ class EntryPoint:
         missing = [s.name for s in specs if s.name not in values]
         if missing:
             raise TypeError(f"{self.name}() missing argument(s) {', '.join(map(repr, missing))}; expected {self.signature()}")
-        return [check_arg(self.name, s, values[s.name]) for s in specs]
+        arrays = [check_arg(self.name, s, values[s.name]) for s in specs]
+        for holder, shape, dtype in self.captures:
+            arrays.append(check_captured(self.name, holder, shape, dtype))
+        return arrays
 
     def signature(self) -> str:
         return ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
@@ -138,6 +143,19 @@ class EntryPoint:
             message = ffi.string(status.message).decode(errors="replace")
             raise _ERRORS.get(kind, LanternRuntimeError)(f"{self.name}: {message}")
         return outs
+
+
+def check_captured(fn_name: str, holder, shape, dtype) -> np.ndarray:
+    """A captured array must still have the shape and dtype it was staged with:
+    compiled code reads and writes it in place."""
+    array = holder.lantern_array() if hasattr(holder, "lantern_array") else holder
+    name = getattr(holder, "lantern_name", None) or "a captured array"
+    if not isinstance(array, np.ndarray) or array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
+        got = f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
+        raise ValueError(f"{fn_name}(): {name} was staged as {dtype}{list(shape)} but is now {got}")
+    if not array.flags.c_contiguous or not array.flags.writeable:
+        raise ValueError(f"{fn_name}(): {name} must stay a writable C-contiguous array")
+    return array
 
 
 def check_arg(fn_name: str, spec: ArgSpec, value) -> np.ndarray:

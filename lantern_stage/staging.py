@@ -53,6 +53,11 @@ class Builder:
         root = ir.Block(label="entry")
         self.root = root
         self.scopes: list[Scope] = [Scope([root], grad=False)]
+        # Arrays the staged code reads or updates in place without their being
+        # arguments: numpy arrays and objects with `lantern_array()` (model
+        # parameters, optimizer state).  Passed by pointer on every call.
+        self.captures: list[tuple[object, ir.Var]] = []
+        self._captured: dict[int, "Rep"] = {}
 
     # ------------------------------------------------------------ names, vars
     def fresh(self, prefix: str) -> str:
@@ -76,6 +81,19 @@ class Builder:
         if var.storage == "buf":
             self.emit(ir.Alloc(var, zero))
         return var
+
+    def capture(self, holder) -> "Rep":
+        key = id(holder)
+        if key not in self._captured:
+            array = captured_array(holder)
+            dtype = {"float32": "float32", "int32": "int32", "bool": "bool"}.get(str(array.dtype))
+            if dtype is None:
+                raise staging_error(f"cannot use an array of dtype {array.dtype} in staged code (float32, int32 or bool)")
+            name = getattr(holder, "lantern_name", None) or "const"
+            var = ir.Var(self.fresh("cap_" + _identifier(name) + "_"), TensorType(tuple(array.shape), dtype), "buf")
+            self.captures.append((holder, var))
+            self._captured[key] = Rep(var, self.root)
+        return self._captured[key]
 
     # ---------------------------------------------------------------- blocks
     @property
@@ -126,6 +144,15 @@ class Builder:
 
     def visible(self, block: ir.Block) -> bool:
         return block.encloses(self.block)
+
+
+def captured_array(holder):
+    """The numpy array behind a captured object, as it is right now."""
+    return holder.lantern_array() if hasattr(holder, "lantern_array") else holder
+
+
+def _identifier(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name)
 
 
 _BUILDERS: list[Builder] = []

@@ -67,13 +67,12 @@ def as_rep(x, dtype: str | None = None) -> Rep:
         return Rep(b.const(x, "int32"), None)
     if isinstance(x, (int, float)):
         return Rep(b.const(float(x), "float32"), None)
-    try:
-        import numpy as np
+    import numpy as np
 
-        if isinstance(x, np.generic):
-            return as_rep(x.item(), dtype)
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(x, np.generic):
+        return as_rep(x.item(), dtype)
+    if isinstance(x, np.ndarray) or hasattr(x, "lantern_array"):
+        return b.capture(x)
     raise staging_error(f"cannot use {type(x).__name__} {x!r} as a staged value")
 
 

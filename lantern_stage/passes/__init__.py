@@ -7,7 +7,7 @@ PIPELINE: list = []
 
 
 def run_passes(program) -> None:
-    defined = {v.name for _, v in program.inputs}
+    defined = {v.name for _, v in program.inputs} | {v.name for _, v in program.captures}
     for _name, fn in PIPELINE:
         fn(program)
     ir.verify(program.body, defined)
