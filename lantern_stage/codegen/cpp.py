@@ -21,6 +21,15 @@ def cpp_type(v: ir.Var) -> str:
     return t if v.storage == "scalar" else t + "*"
 
 
+def scalar_value(v: ir.Var) -> str:
+    """A 0-d value read as a C++ scalar, whether held by value or in a buffer."""
+    return f"{v.name}[0]" if v.storage == "buf" else v.name
+
+
+def pass_arg(arg: ir.Var, param: ir.Var) -> str:
+    return scalar_value(arg) if param.storage == "scalar" else arg.name
+
+
 def param_decl(v: ir.Var) -> str:
     return f"{cpp_type(v)} {v.name}"
 
@@ -88,19 +97,20 @@ class Renderer:
             self.nested(f"auto {fun.name}_body = [&]({params}) -> void {{", fun.body, "};", frame_guard=True)
             self.line(f"{fun.name} = {fun.name}_body;")
         elif isinstance(s, ir.If):
-            self.nested(f"if ({s.cond.name}) {{", s.then)
+            self.nested(f"if ({scalar_value(s.cond)}) {{", s.then)
             self.nested("else {", s.else_)
         elif isinstance(s, ir.Call):
-            args = ", ".join([a.name for a in s.args] + [s.k.name])
+            args = ", ".join([pass_arg(a, p) for a, p in zip(s.args, s.fun.params)] + [s.k.name])
             self.line(f"{s.fun.name}({args});")
         elif isinstance(s, ir.Jump):
-            self.line(f"{s.k.name}({', '.join(a.name for a in s.args)});")
+            params = s.k.params if isinstance(s.k, ir.Lam) else s.k.arg_types
+            self.line(f"{s.k.name}({', '.join(pass_arg(a, p) for a, p in zip(s.args, params))});")
         elif isinstance(s, ir.Loop):
             self.line("while (true) {")
             self.indent += 1
             self.line("lt::ArenaScope frame(arena);")
             self.block(s.head, scoped=False)
-            self.line(f"if (!{s.cond.name}) break;")
+            self.line(f"if (!{scalar_value(s.cond)}) break;")
             self.block(s.body, scoped=False)
             self.indent -= 1
             self.line("}")
@@ -125,7 +135,7 @@ class Renderer:
             return var.name
         if var.storage == "const":
             return str(var.value)
-        return f"{var.name}[{index[id(view)]}]"
+        return f"{var.name}[{index.get(id(view), view.offset)}]"
 
     # ------------------------------------------------------------ loops
     def map(self, m: ir.Map) -> None:
