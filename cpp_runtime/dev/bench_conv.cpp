@@ -97,7 +97,7 @@ int main(int argc, char** argv) {
     row("dw    direct <FB=6,KB=4>", median_ms([&] { direct_dw<6, 4>(x, dy, dw, s, arena); }), fl);
     row("dw    direct <FB=3,KB=8>", median_ms([&] { direct_dw<3, 8>(x, dy, dw, s, arena); }), fl);
     row("dw    direct <FB=5,KB=5> group 1 image", median_ms([&] { direct_dw<5, 5>(x, dy, dw, s, arena, 1); }), fl);
-    row("dw    direct <FB=5,KB=5> group 16K floats", median_ms([&] { direct_dw<5, 5>(x, dy, dw, s, arena, 16384); }), fl);
+    row("dw    direct <FB=5,KB=5> group 6K floats", median_ms([&] { direct_dw<5, 5>(x, dy, dw, s, arena, 6144); }), fl);
     row("dw    direct <FB=5,KB=5> group 64K floats", median_ms([&] { direct_dw<5, 5>(x, dy, dw, s, arena, 65536); }), fl);
     row("db", median_ms([&] { bias_backward(dy, db, s); }));
     if (s.C > 1) {
@@ -112,6 +112,35 @@ int main(int argc, char** argv) {
     }
   }
 
+  std::printf("other stride-1 shapes (which path should the dispatch take?)\n");
+  {
+    struct Case { int N, C, H, F, K, pad; };
+    for (Case c : {Case{8, 64, 32, 64, 3, 1}, Case{16, 32, 16, 64, 3, 1}, Case{8, 3, 32, 32, 5, 2},
+                   Case{4, 128, 8, 128, 3, 1}, Case{32, 16, 28, 16, 3, 1}}) {
+      const lt::Conv2dShape s = lt::conv2d_shape(c.N, c.C, c.H, c.H, c.F, c.K, c.K, 1, 1, c.pad, c.pad);
+      std::vector<float> x = randn(rng, std::size_t(c.N) * c.C * c.H * c.H);
+      std::vector<float> w = randn(rng, std::size_t(c.F) * s.ckk()), b = randn(rng, c.F);
+      std::vector<float> y(std::size_t(c.N) * c.F * s.out_plane()), dy = randn(rng, y.size());
+      std::vector<float> dx(x.size()), dw(w.size());
+      const double fl = 2e-6 * s.N * s.F * s.out_plane() * s.ckk();
+      char name[96];
+      std::printf(" N=%d C=%d %dx%d F=%d k%d pad %d: %.0f MFLOP per product\n", c.N, c.C, c.H, c.H,
+                  c.F, c.K, c.pad, fl);
+      std::snprintf(name, sizeof name, "fwd gemm");
+      row(name, median_ms([&] { gemm_forward(x.data(), w.data(), b.data(), y.data(), s, arena); }), fl);
+      std::snprintf(name, sizeof name, "fwd direct");
+      row(name, median_ms([&] { direct_forward<5, 4>(x.data(), w.data(), b.data(), y.data(), s, arena); }), fl);
+      std::snprintf(name, sizeof name, "dx  gemm");
+      row(name, median_ms([&] { gemm_backward(x.data(), w.data(), dy.data(), dx.data(), nullptr, s, arena); }), fl);
+      std::snprintf(name, sizeof name, "dx  direct");
+      row(name, median_ms([&] { direct_dx<6, 4>(w.data(), dy.data(), dx.data(), s, arena); }), fl);
+      std::snprintf(name, sizeof name, "dw  gemm");
+      row(name, median_ms([&] { gemm_backward(x.data(), w.data(), dy.data(), nullptr, dw.data(), s, arena); }), fl);
+      std::snprintf(name, sizeof name, "dw  direct");
+      row(name, median_ms([&] { direct_dw<5, 5>(x.data(), dy.data(), dw.data(), s, arena); }), fl);
+    }
+  }
+
   std::printf("public entry points (dispatch)\n");
   auto fwd = [&](Layer& L) {
     const lt::Conv2dShape& s = L.s;
@@ -123,12 +152,10 @@ int main(int argc, char** argv) {
     lt::conv2d_backward(L.x.data(), L.w.data(), L.dy.data(), need_dx ? L.dx.data() : nullptr,
                         L.dw.data(), L.db.data(), s.N, s.C, s.H, s.W, s.F, s.KH, s.KW, 1, 0, arena);
   };
-  double t1f = median_ms([&] { fwd(c1); }), t1b = median_ms([&] { bwd(c1, false); });
-  double t2f = median_ms([&] { fwd(c2); }), t2b = median_ms([&] { bwd(c2, true); });
-  row("conv1 forward", t1f);
-  row("conv1 backward (dw, db; no dx)", t1b);
-  row("conv2 forward", t2f);
-  row("conv2 backward (dx, dw, db)", t2b);
+  row("conv1 forward", median_ms([&] { fwd(c1); }));
+  row("conv1 backward (dw, db; no dx)", median_ms([&] { bwd(c1, false); }));
+  row("conv2 forward", median_ms([&] { fwd(c2); }));
+  row("conv2 backward (dx, dw, db)", median_ms([&] { bwd(c2, true); }));
   row("both convs fwd + bwd, one call each", median_ms([&] { fwd(c1); fwd(c2); bwd(c2, true); bwd(c1, false); }));
 
   std::printf("pooling and dropout\n");

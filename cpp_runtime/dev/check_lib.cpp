@@ -62,7 +62,7 @@ int lt_conv_backward(int variant, const float* x, const float* w, const float* d
     if (variant == 1) {
       lt::conv_detail::gemm_backward(x, w, dy, dx, dw, s, a);
     } else {
-      if (dx) lt::conv_detail::direct_dx<5, 4>(w, dy, dx, s, a);
+      if (dx) lt::conv_detail::direct_dx<6, 4>(w, dy, dx, s, a);
       if (dw) lt::conv_detail::direct_dw<5, 5>(x, dy, dw, s, a);
     }
   });

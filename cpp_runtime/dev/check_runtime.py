@@ -107,6 +107,7 @@ CONV_CASES = [
     (1, 6, 20, 37, 9, 3, 3, (1, 1), (1, 1), True),     # wide rows: several vectors + tail
     (2, 3, 5, 5, 2, 5, 5, (1, 1), (0, 0), True),       # output 1x1
     (3, 7, 16, 16, 11, 3, 3, (1, 1), (1, 1), True),    # F, C not multiples of the tiles
+    (1, 40, 6, 6, 30, 3, 3, (1, 1), (1, 1), True),     # dispatch: direct dx, gemm dw
 ]
 
 
