@@ -107,8 +107,10 @@ int main(int argc, char** argv) {
       row("dx    direct <KB=3,RB=8>", median_ms([&] { direct_dx<3, 8>(w, dy, dx, s, arena); }), fl);
       row("dx    direct <KB=6,RB=4>", median_ms([&] { direct_dx<6, 4>(w, dy, dx, s, arena); }), fl);
       row("dx    direct <KB=10,RB=2>", median_ms([&] { direct_dx<10, 2>(w, dy, dx, s, arena); }), fl);
-      row("dx    direct <KB=3,RB=7>", median_ms([&] { direct_dx<3, 7>(w, dy, dx, s, arena); }), fl);
-      row("dx    direct <KB=6,RB=3>", median_ms([&] { direct_dx<6, 3>(w, dy, dx, s, arena); }), fl);
+      row("dx    direct zmm <KB=5,RB=4 pairs>", median_ms([&] { direct_dx<5, 4, 2>(w, dy, dx, s, arena); }), fl);
+      row("dx    direct zmm <KB=3,RB=4 pairs>", median_ms([&] { direct_dx<3, 4, 2>(w, dy, dx, s, arena); }), fl);
+      row("dx    direct zmm <KB=6,RB=4 pairs>", median_ms([&] { direct_dx<6, 4, 2>(w, dy, dx, s, arena); }), fl);
+      row("dx    direct zmm <KB=10,RB=2 pairs>", median_ms([&] { direct_dx<10, 2, 2>(w, dy, dx, s, arena); }), fl);
     }
   }
 
@@ -133,7 +135,7 @@ int main(int argc, char** argv) {
       std::snprintf(name, sizeof name, "dx  gemm");
       row(name, median_ms([&] { gemm_backward(x.data(), w.data(), dy.data(), dx.data(), nullptr, s, arena); }), fl);
       std::snprintf(name, sizeof name, "dx  direct");
-      row(name, median_ms([&] { direct_dx<6, 4>(w.data(), dy.data(), dx.data(), s, arena); }), fl);
+      row(name, median_ms([&] { direct_dx_best(w.data(), dy.data(), dx.data(), s, arena); }), fl);
       std::snprintf(name, sizeof name, "dw  gemm");
       row(name, median_ms([&] { gemm_backward(x.data(), w.data(), dy.data(), nullptr, dw.data(), s, arena); }), fl);
       std::snprintf(name, sizeof name, "dw  direct");
