@@ -18,6 +18,7 @@
 #include "error.h"
 #include "kernels.h"
 #include "math.h"
+#include "nn.h"
 
 extern "C" {
 // Shared with the cffi cdef in lantern_stage/runtime.py.

@@ -11,6 +11,7 @@ from .api import abs, max, sum  # noqa: F401,A004 - numpy's names, shadowing on 
 from .autodiff import grad, value_and_grad  # noqa: F401
 from .build import CompileError  # noqa: F401
 from .compile import CompiledFunction, compile  # noqa: F401,A004
+from .generator import Generator, default_generator, manual_seed  # noqa: F401
 from .control import cond, fori_loop, recursive, while_loop  # noqa: F401
 from .runtime import ArenaExhausted  # noqa: F401
 from .staging import Rep, StagingError  # noqa: F401

@@ -8,6 +8,8 @@ from math import prod
 from . import ops
 from .ops import elementwise as ew
 from .ops import linalg, loss, reduce, shape
+from .ops import nn as _nn
+from .generator import default_generator as _default_generator
 from .ops.registry import ShapeError, as_rep
 from .staging import Rep, current, staging_error
 from .types import IntArrayType, TensorType
@@ -223,6 +225,67 @@ def mse_loss(a, b, reduction="mean"):
         raise staging_error(f"mse_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
     sq = power(sub(a, b), 2)
     return mean(sq) if reduction == "mean" else sum(sq)
+
+
+# ---------------------------------------------------------------- neural-network layers
+def linear(x, weight, bias=None):
+    """torch.nn.functional.linear: x @ weight.T + bias, weight [out, in]."""
+    y = _nn.linear(x, weight)
+    return y if bias is None else add(y, bias)
+
+
+def _pair(v, what: str) -> tuple[int, int]:
+    pair = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+    if len(pair) != 2 or not all(isinstance(d, int) for d in pair):
+        raise staging_error(f"{what} must be an int or a pair of ints, got {v!r}")
+    return pair
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """torch.nn.functional.conv2d, NCHW, groups = 1."""
+    ins = (x, weight) if bias is None else (x, weight, bias)
+    return _nn.conv2d(*ins, stride=_pair(stride, "stride"), padding=_pair(padding, "padding"))
+
+
+def _pool_args(kernel_size, stride, what):
+    k = _pair(kernel_size, f"{what}: kernel_size")
+    s = k if stride is None else _pair(stride, f"{what}: stride")
+    if k[0] != k[1] or s[0] != s[1]:
+        raise staging_error(f"{what}: only square kernels and equal strides, got {kernel_size} and {stride}")
+    return dict(kernel=k[0], stride=s[0])
+
+
+def max_pool2d(x, kernel_size, stride=None):
+    """torch.nn.functional.max_pool2d without padding (stride defaults to the kernel)."""
+    x = as_rep(x)
+    return _nn.pool_gather(x, _nn.pool_argmax(x, **_pool_args(kernel_size, stride, "max_pool2d")))
+
+
+def avg_pool2d(x, kernel_size, stride=None):
+    """torch.nn.functional.avg_pool2d without padding (stride defaults to the kernel)."""
+    return _nn.avg_pool2d(x, **_pool_args(kernel_size, stride, "avg_pool2d"))
+
+
+def dropout(x, p=0.5, training=True, generator=None):
+    """Inverted dropout: zero each element with probability p, scale the rest
+    by 1/(1-p).  The mask is drawn in C++ from `generator` (default: the one
+    `lt.manual_seed` seeds) at every call, and reused by the backward pass."""
+    x = as_rep(x)
+    if not 0.0 <= p <= 1.0:
+        raise staging_error(f"dropout: probability {p} not in [0, 1]")
+    if not training or p == 0:
+        return x
+    gen = _default_generator if generator is None else generator
+    return mul(x, _nn.dropout_mask(gen, shape=x.shape, p=float(p)))
+
+
+def embedding(table, idx):
+    """Rows of `table` [rows, width] at int32 indices `idx` of any shape:
+    the result is idx.shape + (width,); the gradient is scatter-added."""
+    return _nn.embedding(table, idx)
+
+
+assign = _nn.assign
 
 
 # ---------------------------------------------------------------- Rep operators

@@ -82,6 +82,40 @@ def _take_row_backward(p: Prim) -> str:
     return f"lt::take_row_backward({ptr(p.ins[0])}, {val(p.ins[1])}, {ptr(p.outs[0])}, {a['rows']}, {a['width']});"
 
 
+def _nn_call(fn: str, *attrs: str, arena: bool = False):
+    """A kernel taking its inputs, then its outputs, then integer attributes."""
+
+    def render(p: Prim) -> str:
+        args = [ptr(v) for v in p.ins + p.outs] + [repr(p.attrs[a]) for a in attrs]
+        return f"lt::{fn}({', '.join(args + (['arena'] if arena else []))});"
+
+    return render
+
+
+_CONV_DIMS = ("N", "C", "H", "W", "F", "KH", "KW", "sh", "sw", "ph", "pw")
+_POOL_DIMS = ("N", "C", "H", "W", "k", "s")
+
+
+def _conv2d(p: Prim) -> str:
+    x, w = p.ins[:2]
+    b = ptr(p.ins[2]) if len(p.ins) > 2 else "nullptr"
+    dims = ", ".join(str(p.attrs[d]) for d in _CONV_DIMS)
+    return f"lt::conv2d_forward({ptr(x)}, {ptr(w)}, {b}, {ptr(p.outs[0])}, {dims}, arena);"
+
+
+def _conv2d_backward(p: Prim) -> str:
+    x, w, dy = p.ins
+    grads = dict(zip(p.attrs["grads"], p.outs))
+    outs = ", ".join(ptr(grads[g]) if g in grads else "nullptr" for g in ("dx", "dw", "db"))
+    dims = ", ".join(str(p.attrs[d]) for d in _CONV_DIMS)
+    return f"lt::conv2d_backward({ptr(x)}, {ptr(w)}, {ptr(dy)}, {outs}, {dims}, arena);"
+
+
+def _dropout_mask(p: Prim) -> str:
+    mask, state = p.outs
+    return f"lt::dropout_draw({ptr(state)}, {ptr(mask)}, {max(mask.size, 1)}, {p.attrs['p']!r}f);"
+
+
 def _store_output(p: Prim) -> str:
     v, j = p.ins[0], p.attrs["index"]
     ctype = CPP_TYPE[v.dtype]
@@ -106,6 +140,17 @@ KERNELS = {
     "take_row": _take_row,
     "take_row_backward": _take_row_backward,
     "store_output": _store_output,
+    # nn ops (ops/nn.py)
+    "conv2d": _conv2d,
+    "conv2d_backward": _conv2d_backward,
+    "pool_argmax": _nn_call("max_pool2d_argmax", *_POOL_DIMS),
+    "pool_gather": _nn_call("gather_plane", "planes", "in_plane", "out_plane"),
+    "pool_gather_backward": _nn_call("gather_plane_backward", "planes", "in_plane", "out_plane"),
+    "avg_pool2d": _nn_call("avg_pool2d_forward", *_POOL_DIMS),
+    "avg_pool2d_backward": _nn_call("avg_pool2d_backward", *_POOL_DIMS),
+    "dropout_mask": _dropout_mask,
+    "gather_rows": _nn_call("gather_rows", "n", "rows", "width"),
+    "scatter_add_rows": _nn_call("scatter_add_rows", "n", "rows", "width"),
 }
 
 
