@@ -175,38 +175,6 @@ inline void gemm_backward(const float* x, const float* w, const float* dy, float
 typedef float vf8 __attribute__((vector_size(32)));
 constexpr int kLanes = 8;
 
-typedef float vf16 __attribute__((vector_size(64)));  // two vf8; one zmm with AVX-512
-template <int VW> struct VecOf { typedef vf8 type; };
-template <> struct VecOf<2> { typedef vf16 type; };
-
-template <class V>
-inline V vload(const float* p) {
-  V v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-#if defined(__AVX512F__)
-constexpr std::size_t kRegisterBytes = 64;
-#elif defined(__AVX__)
-constexpr std::size_t kRegisterBytes = 32;
-#else
-constexpr std::size_t kRegisterBytes = 16;
-#endif
-template <class V>
-inline V vload_reg(const float* p) {
-  V v = vload<V>(p);
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-  if constexpr (sizeof(V) <= kRegisterBytes) asm("" : "+v"(v));
-#endif
-  return v;
-}
-template <class V>
-inline V vsplat(float s) { return s - V{}; }  // s - 0 is s for every s, -0 included
-inline vf8 half(vf8 v, int) { return v; }
-inline vf8 half(vf16 v, int h) {
-  return h == 0 ? __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
-                : __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-}
 inline vf8 vload(const float* p) {
   vf8 v;
   std::memcpy(&v, p, sizeof v);
@@ -223,8 +191,13 @@ inline vf8 vsplat(float s) { return vf8{s, s, s, s, s, s, s, s}; }
 // register value: otherwise GCC folds the load into every FMA that uses it
 // (vfmadd231ps mem, ...), and the kernel becomes bound by loads, not FMAs
 // (measured: dw tile 4x4 at 34 GFLOP/s instead of ~100).
-inline vf8 vload_reg(const float* p) { return vload_reg<vf8>(p); }
-
+inline vf8 vload_reg(const float* p) {
+  vf8 v = vload(p);
+#if defined(__GNUC__) && defined(__AVX__)  // one ymm register (without AVX a vf8 is two)
+  asm("" : "+v"(v));
+#endif
+  return v;
+}
 inline float vsum(vf8 v) {
   float t = 0.f;
   for (int i = 0; i < kLanes; ++i) t += v[i];
@@ -367,61 +340,55 @@ inline void direct_forward(const float* x, const float* w, const float* b, float
   }
 }
 
-// One image: for KB columns (k) x RB accumulators of VW output vectors each,
-// dcol = sum_f w[f][k] * dy[f](v), added into the padded input-gradient plane
-// dxq at the column's position.  VW = 2 (AVX-512 only) makes an accumulator one
-// zmm over two consecutive dy vectors (contiguous in dy), halving the
-// instructions and the per-tile setup per FMA; each half then goes to its own
-// row of dxq.  `kperm` lists columns in (kw, kh, c) order: a tile's
-// read-modify-writes then share one alignment (no partial overlaps) and mostly
-// fall in different channel planes, so none waits on store forwarding.
-template <int KB, int RB, int VW, bool Full>
-inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0, int a0,
+// One image: for KB columns (k) x RB output vectors, dcol = sum_f w[f][k] * dy[f](v),
+// added into the padded input-gradient plane dxq at the column's position.
+// `kperm` lists columns in (kw, kh, c) order: a tile's read-modify-writes then
+// share one alignment (no partial overlaps) and mostly fall in different
+// channel planes (no chains through memory), so none waits on store forwarding.
+template <int KB, int RB, bool Full>
+inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0, int v0,
                            const Conv2dShape& s, const DirectPlan& p, const int* kperm) {
-  using V = typename VecOf<VW>::type;
-  const int K = int(s.ckk()), na = p.nvec / VW;
-  const int kb = Full ? KB : std::min(KB, K - j0), rb = Full ? RB : std::min(RB, na - a0);
+  const int K = int(s.ckk());
+  const int kb = Full ? KB : std::min(KB, K - j0), rb = Full ? RB : std::min(RB, p.nvec - v0);
   // Offsets copied to locals: the stores into dxq cannot alias them.
-  int yo[RB], xo[RB][VW], wo[KB], dq[KB];
+  int yo[RB], xo[RB], wo[KB], dq[KB];
   for (int r = 0; r < RB; ++r) {
-    const int a = a0 + std::min(r, rb - 1);
-    yo[r] = a * VW * kLanes;
-    for (int h = 0; h < VW; ++h) xo[r][h] = p.vx[a * VW + h];
+    const int v = v0 + std::min(r, rb - 1);
+    yo[r] = v * kLanes;
+    xo[r] = p.vx[v];
   }
   for (int j = 0; j < KB; ++j) {
     wo[j] = kperm[j0 + std::min(j, kb - 1)];
     dq[j] = p.koff[wo[j]];
   }
-  V acc[KB][RB];
+  vf8 acc[KB][RB];
   for (int j = 0; j < KB; ++j)
-    for (int r = 0; r < RB; ++r) acc[j][r] = V{};
+    for (int r = 0; r < RB; ++r) acc[j][r] = vf8{};
   const std::size_t vplane = p.v_plane(s);
   const float* dyf = dyv;
   const float* wf = w;
   for (int f = 0; f < s.F; ++f, dyf += vplane, wf += K) {
-    V dv[RB];
-    for (int r = 0; r < RB; ++r) dv[r] = vload_reg<V>(dyf + yo[r]);
+    vf8 dv[RB];
+    for (int r = 0; r < RB; ++r) dv[r] = vload_reg(dyf + yo[r]);
     for (int j = 0; j < KB; ++j) {
-      const V wv = vsplat<V>(wf[wo[j]]);
+      const vf8 wv = vsplat(wf[wo[j]]);
       for (int r = 0; r < RB; ++r) acc[j][r] += wv * dv[r];
     }
   }
   for (int j = 0; j < KB; ++j)
     for (int r = 0; r < RB; ++r)
-      if (Full || (j < kb && r < rb))
-        for (int h = 0; h < VW; ++h) {
-          float* d = dxq + dq[j] + xo[r][h];
-          vstore(d, vload(d) + half(acc[j][r], h));
-        }
+      if (Full || (j < kb && r < rb)) {
+        float* d = dxq + dq[j] + xo[r];
+        vstore(d, vload(d) + acc[j][r]);
+      }
 }
 
-template <int KB, int RB, int VW = 1>
+template <int KB, int RB>
 inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dShape& s,
                       Arena& arena) {
   ArenaScope scope(arena);
   const DirectPlan p = direct_plan(s, arena);
-  if (p.nvec % VW != 0) fail("conv2d: direct_dx with %d-vector accumulators on %d vectors", VW, p.nvec);
-  const int K = int(s.ckk()), na = p.nvec / VW;
+  const int K = int(s.ckk());
   int* kperm = arena.alloc<int>(K);
   int j = 0;
   for (int kw = 0; kw < s.KW; ++kw)
@@ -437,11 +404,11 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
     const float* dys = p.exact ? dyn : dyv;
     float* dxs = p.copy_x ? dxq : dxn;
     for (int j0 = 0; j0 < K; j0 += KB)
-      for (int a0 = 0; a0 < na; a0 += RB) {
-        if (j0 + KB <= K && a0 + RB <= na)
-          direct_dx_tile<KB, RB, VW, true>(dys, w, dxs, j0, a0, s, p, kperm);
+      for (int v0 = 0; v0 < p.nvec; v0 += RB) {
+        if (j0 + KB <= K && v0 + RB <= p.nvec)
+          direct_dx_tile<KB, RB, true>(dys, w, dxs, j0, v0, s, p, kperm);
         else
-          direct_dx_tile<KB, RB, VW, false>(dys, w, dxs, j0, a0, s, p, kperm);
+          direct_dx_tile<KB, RB, false>(dys, w, dxs, j0, v0, s, p, kperm);
       }
     if (p.copy_x)
       for (int c = 0; c < s.C; ++c)
@@ -560,17 +527,6 @@ inline void bias_backward(const float* dy, float* db, const Conv2dShape& s) {
     for (int f = 0; f < s.F; ++f) db[f] += sum_floats(dy + (std::size_t(n) * s.F + f) * P, P);
 }
 
-// dx with the accumulator width that measured fastest: zmm pairs of vectors
-// where AVX-512 is there and the vectors pair up, else single ymm vectors.
-inline void direct_dx_best(const float* w, const float* dy, float* dx, const Conv2dShape& s,
-                           Arena& arena) {
-#if defined(__AVX512F__)
-  const int nvec = s.OH * ((s.OW + kLanes - 1) / kLanes);
-  if (nvec % 2 == 0) return direct_dx<5, 4, 2>(w, dy, dx, s, arena);
-#endif
-  direct_dx<6, 4, 1>(w, dy, dx, s, arena);
-}
-
 }  // namespace conv_detail
 
 // The direct kernels win at stride 1 for every shape measured (table above),
@@ -607,7 +563,7 @@ inline void conv2d_backward(const float* x, const float* w, const float* dy, flo
   const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
   if (db) conv_detail::bias_backward(dy, db, s);
   const bool direct_dx = conv2d_use_direct(s), direct_dw = dw && conv2d_use_direct_dw(s, arena);
-  if (dx && direct_dx) conv_detail::direct_dx_best(w, dy, dx, s, arena);
+  if (dx && direct_dx) conv_detail::direct_dx<6, 4>(w, dy, dx, s, arena);
   if (dw && direct_dw) conv_detail::direct_dw<5, 5>(x, dy, dw, s, arena);
   if ((dx && !direct_dx) || (dw && !direct_dw))
     conv_detail::gemm_backward(x, w, dy, direct_dx ? nullptr : dx, direct_dw ? nullptr : dw, s,

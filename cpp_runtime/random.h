@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "error.h"
 
@@ -58,36 +59,62 @@ class Rng {
     return r * std::cos(t);
   }
 
-  // Bulk generation from the 8 parallel streams.
-  void fill_u32(uint32_t* out, std::size_t n) {
-    std::size_t i = 0;
-    for (; i + kLanes <= n; i += kLanes) block(out + i);
-    if (i < n) {
-      uint32_t tmp[kLanes];
-      block(tmp);
-      for (std::size_t j = 0; i + j < n; ++j) out[i + j] = tmp[j];
+  // Bulk generation from the 8 parallel streams: fn(i, r) gets outputs i..i+7
+  // (the last block may be cut short by n; its unused numbers are dropped).
+  // The streams live in local arrays while generating, so the lane loop
+  // vectorises (the member arrays could alias the caller's output).
+  template <class Fn>
+  void for_each_block(std::size_t n, Fn&& fn) {
+    // One vector per state word (GCC vector extension; one ymm with AVX2).
+    typedef uint32_t vu8 __attribute__((vector_size(4 * kLanes)));
+    vu8 s0, s1, s2, s3;
+    std::memcpy(&s0, lanes_[0], sizeof s0);
+    std::memcpy(&s1, lanes_[1], sizeof s1);
+    std::memcpy(&s2, lanes_[2], sizeof s2);
+    std::memcpy(&s3, lanes_[3], sizeof s3);
+    for (std::size_t i = 0; i < n; i += kLanes) {
+      const vu8 x = s0 + s3;
+      const vu8 result = ((x << 7) | (x >> 25)) + s0;
+      const vu8 t = s1 << 9;
+      s2 ^= s0;
+      s3 ^= s1;
+      s1 ^= s2;
+      s0 ^= s3;
+      s2 ^= t;
+      s3 = (s3 << 11) | (s3 >> 21);
+      uint32_t r[kLanes];
+      std::memcpy(r, &result, sizeof r);
+      fn(i, r);
     }
+    std::memcpy(lanes_[0], &s0, sizeof s0);
+    std::memcpy(lanes_[1], &s1, sizeof s1);
+    std::memcpy(lanes_[2], &s2, sizeof s2);
+    std::memcpy(lanes_[3], &s3, sizeof s3);
+  }
+
+  void fill_u32(uint32_t* out, std::size_t n) {
+    for_each_block(n, [&](std::size_t i, const uint32_t* r) {
+      if (i + kLanes <= n)
+        for (int l = 0; l < kLanes; ++l) out[i + l] = r[l];
+      else
+        for (std::size_t l = 0; i + l < n; ++l) out[i + l] = r[l];
+    });
   }
 
   // out[i] uniform in [lo, hi).
   void fill_uniform(float* out, std::size_t n, float lo = 0.f, float hi = 1.f) {
-    uint32_t r[kLanes];
-    for (std::size_t i = 0; i < n; i += kLanes) {
-      block(r);
-      const std::size_t m = n - i < std::size_t(kLanes) ? n - i : std::size_t(kLanes);
-      for (std::size_t j = 0; j < m; ++j) out[i + j] = lo + (hi - lo) * to_unit(r[j]);
-    }
+    const float scale = hi - lo;
+    for_each_block(n, [&](std::size_t i, const uint32_t* r) {
+      if (i + kLanes <= n)
+        for (int l = 0; l < kLanes; ++l) out[i + l] = lo + scale * to_unit(r[l]);
+      else
+        for (std::size_t l = 0; i + l < n; ++l) out[i + l] = lo + scale * to_unit(r[l]);
+    });
   }
 
   // out[i] normal with the given mean and standard deviation (scalar stream).
   void fill_normal(float* out, std::size_t n, float mean = 0.f, float stddev = 1.f) {
     for (std::size_t i = 0; i < n; ++i) out[i] = mean + stddev * normal();
-  }
-
-  // Next 8 outputs of the parallel streams (one per stream).
-  void block(uint32_t* out) {
-    for (int l = 0; l < kLanes; ++l)
-      out[l] = step(lanes_[0][l], lanes_[1][l], lanes_[2][l], lanes_[3][l]);
   }
 
   static float to_unit(uint32_t r) { return float(r >> 8) * 0x1.0p-24f; }
@@ -139,16 +166,12 @@ class Rng {
 inline void dropout_mask(Rng& rng, float* mask, std::size_t n, float p) {
   if (!(p >= 0.f && p <= 1.f)) fail("dropout: probability %g not in [0, 1]", double(p));
   const float keep = p < 1.f ? float(1.0 / (1.0 - double(p))) : 0.f;
-  uint32_t r[Rng::kLanes];
-  std::size_t i = 0;
-  for (; i + Rng::kLanes <= n; i += Rng::kLanes) {
-    rng.block(r);
-    for (int l = 0; l < Rng::kLanes; ++l) mask[i + l] = Rng::to_unit(r[l]) >= p ? keep : 0.f;
-  }
-  if (i < n) {
-    rng.block(r);
-    for (std::size_t l = 0; i + l < n; ++l) mask[i + l] = Rng::to_unit(r[l]) >= p ? keep : 0.f;
-  }
+  rng.for_each_block(n, [&](std::size_t i, const uint32_t* r) {
+    if (i + Rng::kLanes <= n)
+      for (int l = 0; l < Rng::kLanes; ++l) mask[i + l] = Rng::to_unit(r[l]) >= p ? keep : 0.f;
+    else
+      for (std::size_t l = 0; i + l < n; ++l) mask[i + l] = Rng::to_unit(r[l]) >= p ? keep : 0.f;
+  });
 }
 
 }  // namespace lt

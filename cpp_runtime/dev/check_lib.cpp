@@ -30,8 +30,7 @@ extern "C" {
 
 const char* lt_check_error() { return g_error; }
 
-// variant: 0 = public entry point (dispatch), 1 = im2col + sgemm, 2 = direct,
-// 3 = direct with two-vector (zmm) dx accumulators (needs an even vector count).
+// variant: 0 = public entry point (dispatch), 1 = im2col + sgemm, 2 = direct.
 int lt_conv_forward(int variant, const float* x, const float* w, const float* b, float* y, int N,
                     int C, int H, int W, int F, int KH, int KW, int sh, int sw, int ph, int pw) {
   return guarded([&] {
@@ -63,8 +62,7 @@ int lt_conv_backward(int variant, const float* x, const float* w, const float* d
     if (variant == 1) {
       lt::conv_detail::gemm_backward(x, w, dy, dx, dw, s, a);
     } else {
-      if (dx && variant == 3) lt::conv_detail::direct_dx<5, 4, 2>(w, dy, dx, s, a);
-      else if (dx) lt::conv_detail::direct_dx<6, 4>(w, dy, dx, s, a);
+      if (dx) lt::conv_detail::direct_dx<6, 4>(w, dy, dx, s, a);
       if (dw) lt::conv_detail::direct_dw<5, 5>(x, dy, dw, s, a);
     }
   });
