@@ -10,26 +10,28 @@
 
 namespace lt {
 
-template <class T>
-inline void reduce_sum(const T* x, T* out, long outer, long n, long inner) {
+// U may be wider than T: a bool mask sums (or maxes) to int32.
+template <class T, class U>
+inline void reduce_sum(const T* x, U* out, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o) {
-    T* dst = out + o * inner;
+    U* dst = out + o * inner;
     const T* src = x + o * n * inner;
-    for (long j = 0; j < inner; ++j) dst[j] = src[j];
-    for (long i = 1; i < n; ++i)
+    for (long j = 0; j < inner; ++j) dst[j] = U(0);
+    for (long i = 0; i < n; ++i)
       for (long j = 0; j < inner; ++j) dst[j] += src[i * inner + j];
   }
 }
 
-template <class T>
-inline void reduce_max(const T* x, T* out, long outer, long n, long inner) {
+// n >= 1 (the shape rule rejects the max of an empty axis); NaN wins, as in numpy.
+template <class T, class U>
+inline void reduce_max(const T* x, U* out, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o) {
-    T* dst = out + o * inner;
+    U* dst = out + o * inner;
     const T* src = x + o * n * inner;
     for (long j = 0; j < inner; ++j) dst[j] = src[j];
     for (long i = 1; i < n; ++i)
       for (long j = 0; j < inner; ++j) {
-        T v = src[i * inner + j];
+        U v = src[i * inner + j];
         if (v > dst[j] || v != v) dst[j] = v;
       }
   }

@@ -317,6 +317,13 @@ def test_other_staging_errors_are_clear():
         bad_reshape.ir
 
     @lt.compile
+    def max_of_nothing(x: lt.Tensor[3, 4]):
+        return lt.max(x[1:1], axis=0)
+
+    with pytest.raises(lt.StagingError, match="max of an empty axis"):
+        max_of_nothing.ir
+
+    @lt.compile
     def not_scalar_loss(x: lt.Tensor[3]):
         return lt.grad(lambda v: v * 2)(x)
 

@@ -165,6 +165,7 @@ class TorchRef:
 
     @staticmethod
     def mean(x, axis=None, keepdims=False):
+        x = x if x.is_floating_point() else x.double()  # numpy's mean of a mask or ints
         return torch.mean(x, dim=TorchRef._dims(x, axis), keepdim=keepdims)
 
     @staticmethod
@@ -222,7 +223,7 @@ class Arg:
     """An input: its shape and how to draw it."""
 
     shape: tuple
-    kind: str = "normal"  # normal | positive | nonzero | int
+    kind: str = "normal"  # normal | positive | nonzero | ties | tied_max | int
     high: int = 0  # int inputs: values in [0, high)
     scale: float = 1.0
 
@@ -241,6 +242,14 @@ class Arg:
             x = rng.uniform(0.5, 2.0, self.shape)
         elif self.kind == "nonzero":  # |x| >= 0.2: away from the kinks of relu, abs
             x = rng.uniform(0.2, 1.5, self.shape) * rng.choice([-1.0, 1.0], self.shape)
+        elif self.kind == "ties":  # values in {-1, 0, 1}: ties between inputs, zeros
+            x = rng.integers(-1, 2, self.shape).astype(np.float64)
+        elif self.kind == "tied_max":  # the maximum of each last-axis row appears exactly twice
+            x = rng.standard_normal(self.shape)
+            rows = x.reshape(-1, self.shape[-1])
+            for row in rows:
+                top = int(np.argmax(row))
+                row[(top + 1 + rng.integers(0, len(row) - 1)) % len(row)] = row[top]
         elif self.kind == "int":
             return rng.integers(0, self.high, self.shape).astype(np.int32)
         else:
@@ -258,6 +267,14 @@ def P(*shape):
 
 def NZ(*shape):
     return Arg(shape, "nonzero")
+
+
+def TIES(*shape):
+    return Arg(shape, "ties")
+
+
+def TIED_MAX(*shape):
+    return Arg(shape, "tied_max")
 
 
 def I(*shape, high):  # noqa: E743 - reads like the others in the table
@@ -325,6 +342,9 @@ CASES = [
     C("minimum/same shape", lambda m, a, b: m.minimum(a, b), F(3, 4), F(3, 4)),
     C("minimum/broadcast", lambda m, a, b: m.minimum(a, b), F(2, 1, 4), F(3, 1)),
     C("minimum/python float", lambda m, a: m.minimum(a, -0.25), NZ(3, 4)),
+    C("maximum/ties share the gradient", lambda m, a, b: m.maximum(a, b), TIES(4, 5), TIES(4, 5)),
+    C("minimum/ties share the gradient", lambda m, a, b: m.minimum(a, b), TIES(4, 5), TIES(5)),
+    C("abs/at zero", lambda m, a: m.abs(a), TIES(4, 5)),
     # comparisons give masks; where selects with them
     C("less/", lambda m, a, b: a < b, F(3, 4), F(3, 4)),
     C("less_equal/ints broadcast", lambda m, a, b: a <= b, I(3, 4, high=4), I(4, high=4)),
@@ -421,6 +441,16 @@ CASES = [
     C("max/axis -1", lambda m, a: m.max(a, axis=-1), F(3, 5)),
     C("max/axes (0, 2)", lambda m, a: m.max(a, axis=(0, 2)), F(2, 3, 4)),
     C("max/keepdims all", lambda m, a: m.max(a, keepdims=True), F(3, 4)),
+    C("max/ties share the gradient", lambda m, a: m.max(a, axis=-1), TIED_MAX(3, 4)),
+    C("max/ties in the whole tensor", lambda m, a: m.max(a), TIED_MAX(2, 5)),
+    C("max/ints", lambda m, a: m.max(a, axis=0), I(3, 4, high=9)),
+    C("sum/of a mask", lambda m, a: m.sum(a > 0.0), F(3, 4)),
+    C("sum/of a mask along an axis", lambda m, a: m.sum(a > 0.0, axis=1), F(3, 4)),
+    C("sum/ints", lambda m, a: m.sum(a), I(3, 4, high=9)),
+    C("sum/ints keepdims", lambda m, a: m.sum(a, axis=0, keepdims=True), I(3, 4, high=9)),
+    C("sum/empty slice", lambda m, a: m.sum(a[1:1], axis=0), F(3, 4)),
+    C("mean/of a mask", lambda m, a: m.mean(a > 0.0), F(3, 4)),
+    C("index/int tensor element", lambda m, a: a[1, 2] * 2 + 1, I(3, 4, high=9)),
     # softmax family and losses
     C("softmax/last axis", lambda m, a: m.softmax(a), F(3, 5)),
     C("softmax/axis 0", lambda m, a: m.softmax(a, axis=0), F(3, 5)),

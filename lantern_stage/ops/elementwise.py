@@ -80,8 +80,11 @@ add = binary("add", "{a} + {b}", "{g}", "{g}")
 sub = binary("sub", "{a} - {b}", "{g}", "-{g}")
 mul = binary("mul", "{a} * {b}", "{g} * {b}", "{g} * {a}")
 div = binary("div", "(float)({a}) / (float)({b})", "{g} / {b}", "-{g} * {y} / {b}", result=_float_result)
-maximum = binary("maximum", "lt::max_f({a}, {b})", "({a} >= {b} ? {g} : 0.0f)", "({a} >= {b} ? 0.0f : {g})")
-minimum = binary("minimum", "lt::min_f({a}, {b})", "({a} <= {b} ? {g} : 0.0f)", "({a} <= {b} ? 0.0f : {g})")
+# At a tie each side gets half the gradient, as in PyTorch (and central differences).
+maximum = binary("maximum", "lt::max_f({a}, {b})", "({a} > {b} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)",
+                 "({b} > {a} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)")
+minimum = binary("minimum", "lt::min_f({a}, {b})", "({a} < {b} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)",
+                 "({b} < {a} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)")
 floordiv = binary("floordiv", "lt::floordiv({a}, {b})", None, None)
 mod = binary("mod", "lt::mod({a}, {b})", None, None)
 

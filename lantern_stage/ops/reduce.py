@@ -53,20 +53,32 @@ def _max_forward(em, out, x, *, axis, keepdims):
 
 
 def _max_backward(em, out, dout, ins, dins, *, axis, keepdims):
-    # Ties share the gradient of the maximum, each receiving all of it (as
-    # numpy-style amax masks do); random inputs have no ties.
+    # As torch.amax: elements equal to the maximum share its gradient evenly
+    # (so a tie of two gets half each, as central differences say).
     x = ins[0]
-    if dins[0] is not None:
-        em.map(
-            dins[0],
-            "({0} == {1} ? {2} : 0.0f)",
-            x,
-            _spread_view(out, x.shape, axis),
-            _spread_view(dout, x.shape, axis),
-            acc=True,
-            shape=x.shape,
-        )
+    if dins[0] is None:
+        return
+    y = _spread_view(out, x.shape, axis)
+    count = em.tmp(TensorType(out.shape), zero=True)
+    em.map_view(_spread_view(count, x.shape, axis), "({0} == {1} ? 1.0f : 0.0f)", x, y, acc=True, shape=x.shape)
+    em.map(
+        dins[0],
+        "({0} == {1} ? {2} / {3} : 0.0f)",
+        x,
+        y,
+        _spread_view(dout, x.shape, axis),
+        _spread_view(count, x.shape, axis),
+        acc=True,
+        shape=x.shape,
+    )
+
+
+def _max_type(x, *, axis, keepdims):
+    out = _reduce_type(x, axis=axis, keepdims=keepdims)
+    if x.shape[axis] == 0:
+        raise ShapeError(f"max of an empty axis {axis} of {x} (it has no identity)")
+    return out
 
 
 sum_axis = defop("sum", _reduce_type, _sum_forward, _sum_backward)
-max_axis = defop("max", _reduce_type, _max_forward, _max_backward)
+max_axis = defop("max", _max_type, _max_forward, _max_backward)

@@ -98,6 +98,9 @@ def apply(op: Op, inputs, attrs) -> Rep:
         offset = op.view(*[r.type for r in reps], **attrs)
         src = reps[0]
         out = b.new_var(out_type, op.name)
+        if out.storage == "scalar":  # a 0-d int/bool is held by value: read it
+            b.emit(ir.ScalarDef(out, ("load", ir.View(src.var, offset, ()))))
+            return Rep(out, b.block)
         b.emit(ir.Alias(out, src.var, offset))
         rep = Rep(out, b.block)
         if src.grad is not None:
@@ -198,7 +201,15 @@ class Emitter:
         raise TypeError(f"not an operand: {src!r}")
 
     def prim(self, kind: str, outs, ins, acc: bool = False, **attrs) -> None:
-        self._emit(ir.Prim(kind, list(outs), list(ins), attrs, acc))
+        # A kernel writes memory; a 0-d int/bool result is held by value, so
+        # the kernel writes a one-element buffer that is then read into it.
+        scalars = [(k, v) for k, v in enumerate(outs) if v.storage == "scalar"]
+        outs = list(outs)
+        for k, v in scalars:
+            outs[k] = self.tmp(TensorType((1,), v.dtype))
+        self._emit(ir.Prim(kind, outs, list(ins), attrs, acc))
+        for k, v in scalars:
+            self._emit(ir.ScalarDef(v, ("load", ir.View(outs[k], 0, ()))))
 
     def fill(self, dst: ir.Var, value: float) -> None:
         self.map(dst, literal(value, dst.dtype))
