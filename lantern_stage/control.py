@@ -312,8 +312,16 @@ def _checked(carry, sig, what):
     return carry
 
 
+def _mutable(b, type_, prefix) -> ir.Var:
+    """A buffer the loop overwrites each iteration (even for 0-d ints, which
+    are otherwise immutable C++ scalars)."""
+    var = ir.Var(b.fresh(prefix), type_, "buf")
+    b.emit(ir.Alloc(var, False))
+    return var
+
+
 def _direct_counter(b, lower) -> ir.Var:
-    counter = b.alloc(TensorType((), "int32"), "iter")
+    counter = _mutable(b, TensorType((), "int32"), "iter")
     Emitter(b, "loop counter").map(counter, "{0}", as_rep(lower).var)
     return counter
 
@@ -324,7 +332,7 @@ def _direct_loop(b, tree, reps, cond_fn, body_fn, what, counter):
     em = Emitter(b, f"{what} carry")
     carry_vars = []
     for r in reps:
-        v = b.alloc(r.type, "carry")
+        v = _mutable(b, r.type, "carry")
         em.map(v, "{0}", r.var)
         carry_vars.append(v)
     carry = tree_unflatten(tree, [Rep(v, here) for v in carry_vars])
@@ -358,7 +366,7 @@ def _direct_loop(b, tree, reps, cond_fn, body_fn, what, counter):
                 if r.var is v:
                     continue
                 if r.block is not None and r.block is not body and not body.encloses(r.block) or _is_alias(body, r.var):
-                    t = b.alloc(r.type, "next")
+                    t = _mutable(b, r.type, "next")
                     em.map(t, "{0}", r.var)
                     staged.append((v, t))
                 else:
