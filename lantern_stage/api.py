@@ -3,6 +3,7 @@ and the operators of `Rep`.  Compositions (mean, sigmoid-free helpers, losses
 built from primitives) live here; primitives are in `ops/`."""
 from __future__ import annotations
 
+import functools
 from math import prod
 
 from . import ops
@@ -11,7 +12,7 @@ from .ops import linalg, loss, reduce, shape
 from .ops import nn as _nn
 from .generator import default_generator as _default_generator
 from .ops.registry import ShapeError, as_rep
-from .staging import Rep, current, staging_error
+from .staging import Rep, StagingError, current, staging_error
 from .types import IntArrayType, TensorType
 
 # ---------------------------------------------------------------- elementwise
@@ -37,8 +38,21 @@ def cast(x, dtype: str):
     return ew.cast(x, dtype=dtype)
 
 
+def _composite(fn):
+    """A staging error inside a composition also names it, e.g.
+    "mse_loss: sub: shapes (3, 4), (4, 3) do not broadcast"."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except StagingError as e:
+            raise StagingError(f"{fn.__name__}: {e}") from None
+
+    return wrapped
+
+
 # ---------------------------------------------------------------- reductions
-def _axes(x: Rep, axis) -> tuple[int, ...]:
+def _axes(x: Rep, axis, name: str) -> tuple[int, ...]:
     nd = len(x.shape)
     if axis is None:
         return tuple(range(nd))
@@ -46,14 +60,14 @@ def _axes(x: Rep, axis) -> tuple[int, ...]:
     out = []
     for a in axes:
         if not -nd <= a < nd:
-            raise staging_error(f"axis {a} out of range for a tensor of shape {x.shape}")
+            raise staging_error(f"{name}: axis {a} out of range for a tensor of shape {x.shape}")
         out.append(a % nd)
     return tuple(sorted(set(out)))
 
 
 def _reduce(op, x, axis, keepdims):
     x = as_rep(x)
-    axes = _axes(x, axis)
+    axes = _axes(x, axis, op.name)
     if not axes:
         return x
     if axis is None and not keepdims and x.shape:
@@ -74,7 +88,7 @@ def max(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
 
 def mean(x, axis=None, keepdims=False):
     x = as_rep(x)
-    count = prod(x.shape[a] for a in _axes(x, axis))
+    count = prod(x.shape[a] for a in _axes(x, axis, "mean"))
     return div(sum(x, axis, keepdims), float(count))
 
 
@@ -134,13 +148,14 @@ def concat(xs, axis=0):
     return shape.concat(*xs, axis=axis)
 
 
+@_composite
 def stack(xs, axis=0):
     xs = [as_rep(x) for x in xs]
     if not xs:
-        raise staging_error("stack of an empty list")
+        raise staging_error("an empty list")
     nd = len(xs[0].shape) + 1
     if not -nd <= axis < nd:
-        raise staging_error(f"stack: axis {axis} out of range")
+        raise staging_error(f"axis {axis} out of range")
     axis %= nd
     expanded = [reshape(x, x.shape[:axis] + (1,) + x.shape[axis:]) for x in xs]
     return concat(expanded, axis)
@@ -215,14 +230,16 @@ def nll_loss(logp, target, reduction="mean"):
     return loss.nll_loss(logp, target, reduction=reduction)
 
 
+@_composite
 def cross_entropy(logits, target, reduction="mean"):
     """torch.nn.functional.cross_entropy with class-index targets."""
     return nll_loss(log_softmax(logits, -1), target, reduction)
 
 
+@_composite
 def mse_loss(a, b, reduction="mean"):
     if reduction not in ("mean", "sum"):
-        raise staging_error(f"mse_loss: reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise staging_error(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     sq = power(sub(a, b), 2)
     return mean(sq) if reduction == "mean" else sum(sq)
 
@@ -339,4 +356,4 @@ def _axes_arg(axes):
 
 _install_operators()
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "prod", "TensorType", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape", "staging_error", "builtin_sum", "Rep", "current", "ops", "as_rep")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "prod", "TensorType", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape", "staging_error", "builtin_sum", "Rep", "current", "ops", "as_rep", "functools", "StagingError")]
