@@ -331,7 +331,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-bench", action="store_true")
     ap.add_argument("--bench-only", action="store_true")
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=15, help="benchmark rounds")
     ap.add_argument("--march", default="native", help="g++ -march= (default native)")
     args = ap.parse_args()
     CXXFLAGS[1] = f"-march={args.march}"
