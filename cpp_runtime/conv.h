@@ -511,13 +511,13 @@ inline void direct_dw(const float* x, const float* dy, float* dw, const Conv2dSh
 // Sum of n floats, 16 lanes at a time.
 inline float sum_floats(const float* d, std::size_t n) {
   vf8 a0{}, a1{};
-  std::size_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+  const std::size_t n16 = n / (2 * kLanes) * (2 * kLanes);
+  for (std::size_t i = 0; i < n16; i += 2 * kLanes) {
     a0 += vload(d + i);
     a1 += vload(d + i + kLanes);
   }
   float t = vsum(a0 + a1);
-  for (; i < n; ++i) t += d[i];
+  for (std::size_t i = n16; i < n; ++i) t += d[i];
   return t;
 }
 
