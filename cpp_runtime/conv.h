@@ -21,8 +21,53 @@
 //                     over pixels, reduce over a group of images, horizontal
 //                     sum at the end.
 //
-// Measurements (AMD EPYC Zen 4, 1 core, g++ 12 -O3 -march=native, median of
-// runs, ms per call, batch 100; see cpp_runtime/dev/):  filled in below.
+// Dispatch (conv2d_use_direct*): direct at stride 1, except dw when an image
+// group holds fewer than 16 output vectors (then gemm); gemm otherwise.
+// dx == nullptr (the first layer) skips the input gradient entirely.
+//
+// Measurements.  AMD EPYC (Zen 4) VM, one core pinned (taskset -c 0),
+// OPENBLAS_NUM_THREADS=1, g++ 12 -O3 -march=native; peak of a pure ymm FMA
+// loop ~114 GFLOP/s.  The machine is shared with other builds: variants of a
+// group ran round-robin (cpp_runtime/dev/bench_conv.cpp); ms per call for
+// batch 100, median (fastest run).
+//
+//   conv1 1->10 k5 28x28 -> 24x24          28.8 MFLOP per product
+//     forward  im2col+sgemm per image      0.75 (0.71)
+//              direct FB=5 x RB=4          0.39 (0.39)   74 GFLOP/s   <- used
+//              direct 10x2 / 4x6 / 3x8     0.39 / 0.49 / 0.60
+//     dw       im2col+sgemm per image      0.72 (0.69)
+//              direct FB=5 x KB=5          0.34 (0.31)   84 GFLOP/s   <- used
+//              direct 4x5 / 4x6 / 3x8      0.38 / 0.49 / 0.54
+//     db       0.03;  dx not computed (dx == nullptr for the first layer)
+//   conv2 10->20 k5 12x12 -> 8x8           64 MFLOP per product
+//     forward  im2col+sgemm per image      2.05 (1.95)
+//              direct FB=5 x RB=4          0.68 (0.63)   94 GFLOP/s   <- used
+//              direct 10x2 / 4x6 / 3x8     0.69 / 1.01 / 0.77
+//     dw       im2col+sgemm per image      2.70 (2.57)
+//              direct 5x5, 16K-float groups 0.94 (0.85)  68 GFLOP/s   <- used
+//              direct 4x5 / 4x6 / 3x8      0.86 / 0.91 / 1.02
+//              direct 5x5, groups of 1 image / 6K / 64K floats: 1.54 / 1.15 / 0.96
+//     dx       im2col+sgemm+col2im         2.75 (2.63)
+//              direct KB=6 x RB=4          1.21 (1.06)   53 GFLOP/s   <- used
+//              direct 5x4 / 3x8 / 10x2     1.19 / 1.18 / 1.45
+//   Both layers, fwd + bwd through the public entry points: 3.9 (3.6) ms;
+//   the same products through the gemm path: ~9.5 ms (the brief's whole-batch
+//   im2col + sgemm version spent 6.6 ms in its products).
+//   Other shapes (N=8..32, C/F 3..128, k3/k5, pad 1/2): direct forward and dx
+//   beat gemm by 1.1-1.8x everywhere; direct dw too, except C=F=128 on 8x8
+//   (one image per group: 2.4 vs 1.2 ms), hence the dw rule above.
+//
+// Tried and dropped (same harness):
+//  * GCC folds a reused load into each FMA (vfmadd231ps mem) and the tile goes
+//    load-bound: dw 4x4 ran at 34 GFLOP/s; vload_reg pins such loads in
+//    registers (~95 GFLOP/s in isolation).
+//  * zmm accumulators over two vectors (fewer instructions and tiles): within
+//    2% for dx and forward in an interleaved comparison -- Zen 4 splits a zmm
+//    FMA into two ymm halves anyway.  Not kept.
+//  * dx by input rows (reduce over F*KH, 5x fewer read-modify-writes, but
+//    1.1-1.3x extra FMAs at the image edges): 1.07-1.40 ms vs 0.95 in isolation.
+//  * Ordering dx columns (kw, kh, c) vs (kw, c, kh): no measurable change, kept
+//    for the stated reason (no partially overlapping RMWs in a tile).
 #pragma once
 #include <cblas.h>
 
