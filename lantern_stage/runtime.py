@@ -153,8 +153,17 @@ def check_captured(fn_name: str, holder, shape, dtype) -> np.ndarray:
     if not isinstance(array, np.ndarray) or array.shape != tuple(shape) or array.dtype != np.dtype(dtype):
         got = f"{array.dtype}{list(array.shape)}" if isinstance(array, np.ndarray) else type(array).__name__
         raise ValueError(f"{fn_name}(): {name} was staged as {dtype}{list(shape)} but is now {got}")
-    if not array.flags.c_contiguous or not array.flags.writeable:
-        raise ValueError(f"{fn_name}(): {name} must stay a writable C-contiguous array")
+    if not array.flags.c_contiguous:
+        raise ValueError(
+            f"{fn_name}(): {name} {dtype}{list(shape)} used by the staged code is not C-contiguous "
+            "(a transposed or strided numpy view?); compiled code reads it in place, so pass "
+            "np.ascontiguousarray(...) of it instead"
+        )
+    if not array.flags.writeable:
+        raise ValueError(
+            f"{fn_name}(): {name} {dtype}{list(shape)} used by the staged code is read-only; "
+            "compiled code uses it in place, so pass a writable copy (np.array(...)) instead"
+        )
     return array
 
 

@@ -246,6 +246,27 @@ def test_wrong_number_of_arguments():
         checked(a["x"], a["t"], a["s"], a["k"], x=a["x"])
 
 
+def test_captured_numpy_arrays_are_read_in_place_and_checked():
+    w = np.arange(12, dtype=np.float32).reshape(3, 4)
+
+    @lt.compile
+    def f(x: lt.Tensor[4]):
+        return w @ x, w[1] + x  # numpy on the left defers to the staged value
+
+    x = np.ones(4, np.float32)
+    np.testing.assert_allclose(f(x)[0], w @ x)
+    w[:] = 1.0  # captured by reference: the compiled code sees the change
+    np.testing.assert_allclose(f(x)[0], np.full(3, 4.0))
+    np.testing.assert_allclose(f(x)[1], np.full(4, 2.0))
+
+    @lt.compile
+    def g(x: lt.Tensor[3]):
+        return w[:, 1] * x  # a strided numpy view, captured as it is
+
+    with pytest.raises(ValueError, match=r"g\(\): a captured array float32\[3\] .* not C-contiguous"):
+        g(np.ones(3, np.float32))
+
+
 def test_out_of_range_class_index_is_an_index_error_not_a_crash():
     with pytest.raises(IndexError, match=r"nll_loss target: index 3 out of range \[0, 3\)"):
         checked(**{**good_args(), "t": np.array([0, 3], np.int32)})
@@ -320,6 +341,20 @@ def test_other_staging_errors_are_clear():
 
     with pytest.raises(lt.StagingError, match="index 3 out of range"):
         bad_index.ir
+
+    @lt.compile
+    def zero_step(x: lt.Tensor[3, 4]):
+        return x[::0]
+
+    with pytest.raises(lt.StagingError, match="slice step cannot be zero"):
+        zero_step.ir
+
+    @lt.compile
+    def bool_index(x: lt.Tensor[3, 4]):
+        return x[True]
+
+    with pytest.raises(lt.StagingError, match="unsupported index True"):
+        bool_index.ir
 
     @lt.compile
     def bad_reshape(x: lt.Tensor[3, 4]):

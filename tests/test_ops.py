@@ -386,6 +386,7 @@ CASES = [
     C("reshape/of a slice", lambda m, a: a[1:].reshape(2, 4), F(3, 4)),
     # indexing and slicing
     C("index/int", lambda m, a: a[1], F(3, 4)),
+    C("index/numpy ints", lambda m, a: a[np.int64(1), np.int32(-1)], F(3, 4)),
     C("index/negative int", lambda m, a: a[-1], F(3, 4)),
     C("index/two ints", lambda m, a: a[1, 2], F(3, 4)),
     C("index/column", lambda m, a: a[:, 1], F(3, 4)),

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from math import prod
 
+import numpy as np
+
 from .. import ir
 from ..types import IntArrayType, contiguous_strides
 from .registry import ShapeError, TensorType, defop, no_gradient
@@ -91,12 +93,15 @@ def index_layout(shape, key):
             continue
         n = shape[d]
         if isinstance(k, slice):
+            if k.step == 0:
+                raise ShapeError("slice step cannot be zero")
             start, stop, step = k.indices(n)
             length = len(range(start, stop, step))
             offset += start * strides[d] if length else 0
             out_shape.append(length)
             out_strides.append(step * strides[d])
-        elif isinstance(k, int):
+        elif isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)):
+            k = int(k)
             if not -n <= k < n:
                 raise ShapeError(f"index {k} out of range for dimension {d} of size {n}")
             offset += (k % n) * strides[d]
