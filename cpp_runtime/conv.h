@@ -268,9 +268,9 @@ struct DirectPlan {
   std::size_t v_plane(const Conv2dShape& s) const { return std::size_t(s.OH) * OWv; }
 };
 
-// Tables come from the arena: call inside the caller's ArenaScope.
-inline DirectPlan direct_plan(const Conv2dShape& s, Arena& arena) {
-  DirectPlan p;
+// The sizes only (table pointers null).
+inline DirectPlan direct_geometry(const Conv2dShape& s) {
+  DirectPlan p{};
   p.nch = (s.OW + kLanes - 1) / kLanes;
   p.OWv = p.nch * kLanes;
   p.nvec = s.OH * p.nch;
@@ -278,6 +278,13 @@ inline DirectPlan direct_plan(const Conv2dShape& s, Arena& arena) {
   p.Wq = std::max(s.W + 2 * s.pw, p.OWv + s.KW - 1);
   p.copy_x = s.ph != 0 || s.pw != 0 || p.Wq != s.W;
   p.exact = p.OWv == s.OW;
+  return p;
+}
+
+// Geometry and tables; the tables come from the arena, so call this inside
+// the caller's ArenaScope.
+inline DirectPlan direct_plan(const Conv2dShape& s, Arena& arena) {
+  DirectPlan p = direct_geometry(s);
   int* vx = arena.alloc<int>(p.nvec);
   int* vy = arena.alloc<int>(p.nvec);
   int* vn = arena.alloc<int>(p.nvec);
@@ -579,11 +586,50 @@ inline void bias_backward(const float* dy, float* db, const Conv2dShape& s) {
 // C*H*W or F per image, small planes): each tile then reduces over too few
 // vectors to pay for its setup and its read-modify-write of the partial sums.
 inline bool conv2d_use_direct(const Conv2dShape& s) { return s.sh == 1 && s.sw == 1; }
-inline bool conv2d_use_direct_dw(const Conv2dShape& s, Arena& arena) {
+inline bool conv2d_use_direct_dw(const Conv2dShape& s) {
   if (!conv2d_use_direct(s)) return false;
-  ArenaScope scope(arena);
-  const conv_detail::DirectPlan p = conv_detail::direct_plan(s, arena);
+  const conv_detail::DirectPlan p = conv_detail::direct_geometry(s);
   return conv_detail::dw_group(s, p, conv_detail::kDwGroupFloats) * p.nvec >= 16;
+}
+
+// Tile shapes of the dispatch (measured above).
+namespace conv_detail {
+constexpr int kFwdFB = 5, kFwdRB = 4;  // forward: filters x output vectors
+constexpr int kDxKB = 6, kDxRB = 4;    // dx: columns x output vectors
+constexpr int kDwFB = 5, kDwKB = 5;    // dw: filters x columns
+
+inline std::size_t arena_bytes(std::size_t bytes) {
+  return (bytes + Arena::kAlign - 1) / Arena::kAlign * Arena::kAlign;
+}
+inline std::size_t plan_bytes(const Conv2dShape& s, const DirectPlan& p) {
+  return 3 * arena_bytes(sizeof(int) * p.nvec) + arena_bytes(sizeof(int) * s.ckk());
+}
+}  // namespace conv_detail
+
+// Arena bytes that conv2d_forward / conv2d_backward (any gradients) take at
+// most for this shape; everything is released when the call returns.  For
+// sizing an arena.  (Checked against the arena's peak in cpp_runtime/dev/.)
+inline std::size_t conv2d_workspace_bytes(int N, int C, int H, int W, int F, int KH, int KW,
+                                          int sh, int sw, int ph, int pw) {
+  using namespace conv_detail;
+  const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
+  const std::size_t fl = sizeof(float), K = s.ckk();
+  const std::size_t col = is_pointwise(s) ? 0 : arena_bytes(fl * K * s.out_plane());
+  std::size_t fwd = col, dx = 2 * col, dw = 2 * col;  // gemm paths (backward: col + dcol)
+  if (conv2d_use_direct(s)) {
+    const DirectPlan p = direct_geometry(s);
+    const std::size_t xq = p.copy_x ? arena_bytes(fl * s.C * p.q_plane()) : 0;
+    const std::size_t dyv = p.exact ? 0 : arena_bytes(fl * s.F * p.v_plane(s));
+    const std::size_t Fp = (s.F + kFwdFB - 1) / kFwdFB * kFwdFB;
+    fwd = plan_bytes(s, p) + arena_bytes(fl * K * Fp) + xq;
+    dx = plan_bytes(s, p) + arena_bytes(sizeof(int) * K) + xq + dyv;
+    if (conv2d_use_direct_dw(s)) {
+      const std::size_t G = dw_group(s, p, kDwGroupFloats);
+      dw = plan_bytes(s, p) + arena_bytes(fl * s.F * K * kLanes) + G * xq + G * dyv +
+           2 * arena_bytes(sizeof(float*) * G);
+    }
+  }
+  return std::max(fwd, std::max(dx, dw));
 }
 
 // y = conv2d(x, w) + b.  x [N,C,H,W], w [F,C,KH,KW], b [F] or nullptr,
@@ -592,8 +638,9 @@ inline void conv2d_forward(const float* x, const float* w, const float* b, float
                            int H, int W, int F, int KH, int KW, int sh, int sw, int ph, int pw,
                            Arena& arena) {
   const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
-  if (conv2d_use_direct(s)) conv_detail::direct_forward<5, 4>(x, w, b, y, s, arena);
-  else conv_detail::gemm_forward(x, w, b, y, s, arena);
+  using namespace conv_detail;
+  if (conv2d_use_direct(s)) direct_forward<kFwdFB, kFwdRB>(x, w, b, y, s, arena);
+  else gemm_forward(x, w, b, y, s, arena);
 }
 
 inline void conv2d_forward(const float* x, const float* w, const float* b, float* y, int N, int C,
@@ -607,12 +654,12 @@ inline void conv2d_backward(const float* x, const float* w, const float* dy, flo
                             int sw, int ph, int pw, Arena& arena) {
   const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
   if (db) conv_detail::bias_backward(dy, db, s);
-  const bool direct_dx = conv2d_use_direct(s), direct_dw = dw && conv2d_use_direct_dw(s, arena);
-  if (dx && direct_dx) conv_detail::direct_dx<6, 4>(w, dy, dx, s, arena);
-  if (dw && direct_dw) conv_detail::direct_dw<5, 5>(x, dy, dw, s, arena);
-  if ((dx && !direct_dx) || (dw && !direct_dw))
-    conv_detail::gemm_backward(x, w, dy, direct_dx ? nullptr : dx, direct_dw ? nullptr : dw, s,
-                               arena);
+  using namespace conv_detail;
+  const bool use_dx = conv2d_use_direct(s), use_dw = conv2d_use_direct_dw(s);
+  if (dx && use_dx) direct_dx<kDxKB, kDxRB>(w, dy, dx, s, arena);
+  if (dw && use_dw) direct_dw<kDwFB, kDwKB>(x, dy, dw, s, arena);
+  if ((dx && !use_dx) || (dw && !use_dw))
+    gemm_backward(x, w, dy, use_dx ? nullptr : dx, use_dw ? nullptr : dw, s, arena);
 }
 
 inline void conv2d_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,

@@ -69,6 +69,12 @@ int lt_conv_backward(int variant, const float* x, const float* w, const float* d
 }
 
 int lt_arena_in_use() { return int(arena().mark()); }
+void lt_arena_reset_peak() { arena().reset_peak(); }
+long long lt_arena_peak() { return (long long)arena().peak(); }
+long long lt_conv_workspace(int N, int C, int H, int W, int F, int KH, int KW, int sh, int sw,
+                            int ph, int pw) {
+  return (long long)lt::conv2d_workspace_bytes(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
+}
 
 int lt_max_pool_forward(const float* x, float* y, int32_t* am, int N, int C, int H, int W, int k,
                         int s) {

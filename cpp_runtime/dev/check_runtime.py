@@ -52,6 +52,8 @@ def build(src, out, shared):
 def load(path):
     lib = ctypes.CDLL(str(path))
     lib.lt_check_error.restype = ctypes.c_char_p
+    lib.lt_arena_peak.restype = ctypes.c_longlong
+    lib.lt_conv_workspace.restype = ctypes.c_longlong
     lib.lt_rng.argtypes = [ctypes.c_uint64, ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t,
                            ctypes.c_float, ctypes.c_float]
     lib.lt_dropout.argtypes = [ctypes.c_uint64, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int,
@@ -133,6 +135,16 @@ def check_conv(lib, rep, rng):
         y_ref, dx_ref, dw_ref, db_ref = conv_reference(x, w, b, dy, (sh, sw), (ph, pw))
         dims = (N, C, H, W, F, KH, KW, sh, sw, ph, pw)
         variants = [0, 1] + ([2] if sh == 1 and sw == 1 else [])
+        # The public entry points stay inside conv2d_workspace_bytes.
+        lib.lt_arena_reset_peak()
+        y = np.empty((N, F, OH, OW), np.float32)
+        call(lib, "lt_conv_forward", 0, x, w, b, y, *dims)
+        bufs = [np.zeros(x.shape, np.float32), np.zeros(w.shape, np.float32), np.zeros(F, np.float32)]
+        call(lib, "lt_conv_backward", 0, x, w, dy, *bufs, *dims)
+        peak, bound = lib.lt_arena_peak(), lib.lt_conv_workspace(*dims)
+        rep.exact(f"conv case={case}: arena peak {peak} > workspace bound {bound}", peak <= bound)
+        rep.exact(f"conv case={case}: workspace bound {bound} loose (peak {peak})",
+                  bound <= 2 * peak + 4096)
         for v in variants:
             tag = f"conv variant={v} case={case}"
             y = np.full((N, F, OH, OW), np.nan, np.float32)
