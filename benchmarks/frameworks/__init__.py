@@ -3,7 +3,7 @@
 A framework module exposes
 
     available(**options) -> (ok: bool, version_or_reason: str)
-    configure_threads() -> str      # pin the framework's own thread pools to 1, say what was set
+    configure_threads(**options) -> str  # pin the framework's own thread pools to 1, say what was set
     versions() -> dict              # package -> version, for results.json
     build(model, weights, cfg, **options) -> trainer
 
@@ -86,7 +86,7 @@ class Framework:
             return False, f"{type(e).__name__}: {e}"
 
     def configure_threads(self) -> str:
-        return self.module.configure_threads()
+        return self.module.configure_threads(**self.options)
 
     def versions(self) -> dict:
         return self.module.versions()

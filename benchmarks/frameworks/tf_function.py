@@ -43,7 +43,7 @@ def available(jit_compile: bool = False):
     return True, tf.__version__
 
 
-def configure_threads() -> str:
+def configure_threads(**_) -> str:
     import tensorflow as tf
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)

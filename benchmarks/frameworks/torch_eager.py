@@ -12,7 +12,7 @@ def available():
     return True, torch.__version__
 
 
-def configure_threads() -> str:
+def configure_threads(**_) -> str:
     import torch
     torch.set_num_threads(1)
     try:

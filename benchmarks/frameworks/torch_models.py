@@ -181,7 +181,7 @@ class TorchTrainer:
         self.model = model
         self.net = net
         self.cfg = cfg
-        self.forward = forward or net
+        self.forward = forward if forward is not None else net
         self.params = list(net.parameters())
         self.opt = make_optimizer(net, cfg)
 
