@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import lantern_stage as lt
 from lantern_stage.paths import RUNTIME_DIR
@@ -232,6 +234,35 @@ def test_bad_argument_raises_naming_it(change, exc, words):
     assert "checked()" in message
     for word in words:
         assert word in message, f"{word!r} not in {message!r}"
+
+
+ARG_SPECS = {"x": ((2, 3), np.float32), "t": ((2,), np.int32), "s": ((), np.float32), "k": ((), np.int32)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    which=st.sampled_from(sorted(ARG_SPECS)),
+    dtype=st.sampled_from([np.float32, np.float64, np.float16, np.int32, np.int64, np.uint8, np.bool_]),
+    shape=st.lists(st.integers(0, 4), max_size=3).map(tuple),
+    layout=st.sampled_from(["c", "transposed", "strided"]),
+)
+def test_any_array_argument_is_accepted_or_rejected_cleanly(which, dtype, shape, layout):
+    """Never a crash: an array either matches exactly and is used, or raises
+    TypeError / ValueError naming the argument."""
+    array = np.zeros(shape, dtype)
+    if layout == "transposed":
+        array = array.T
+    elif layout == "strided" and array.ndim:
+        array = np.zeros(shape[:-1] + (2 * shape[-1],), dtype)[..., ::2]
+    args = {**good_args(), which: array}
+    want_shape, want_dtype = ARG_SPECS[which]
+    if array.shape == want_shape and array.dtype == want_dtype and array.flags.c_contiguous:
+        out = checked(**args)
+        assert out["scaled"].shape == (2, 3) and np.isfinite(out["loss"])
+    else:
+        with pytest.raises((TypeError, ValueError)) as info:
+            checked(**args)
+        assert f"argument '{which}'" in str(info.value)
 
 
 def test_wrong_number_of_arguments():
