@@ -461,6 +461,29 @@ def test_compiler_failure_is_a_compile_error_with_the_kept_source(fresh_cache, m
     assert not list(fresh_cache.rglob("*.so")), "a failed build must leave no library behind"
 
 
+def test_unloadable_cached_library_says_how_to_fix_it(fresh_cache):
+    from lantern_stage.build import build
+
+    @lt.compile
+    def f(x: lt.Tensor[3]):
+        return lt.exp(x) * 5.0
+
+    so = build(f.cpp_source)
+    so.write_bytes(b"not a shared library")
+    with pytest.raises(ImportError, match="cannot load compiled module .*Delete it .*LANTERN_CACHE_DIR"):
+        f(np.zeros(3, np.float32))
+
+
+def test_arena_exhaustion_is_an_exception():
+    @lt.compile(arena_bytes=4096)
+    def f(x: lt.Tensor[64, 64]):
+        return lt.grad(lambda v: lt.sum(lt.tanh(v @ v)))(x)
+
+    with pytest.raises(lt.ArenaExhausted, match="arena exhausted"):
+        f(np.ones((64, 64), np.float32))
+    assert isinstance(lt.ArenaExhausted("x"), MemoryError)
+
+
 CACHE_SCRIPT = """
 import numpy as np
 import lantern_stage as lt
