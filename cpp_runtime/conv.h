@@ -50,9 +50,10 @@
 //     dx       im2col+sgemm+col2im         2.75 (2.63)
 //              direct KB=6 x RB=4          1.21 (1.06)   53 GFLOP/s   <- used
 //              direct 5x4 / 3x8 / 10x2     1.19 / 1.18 / 1.45
-//   Both layers, fwd + bwd through the public entry points: 3.9 (3.6) ms;
-//   the same products through the gemm path: ~9.5 ms (the brief's whole-batch
-//   im2col + sgemm version spent 6.6 ms in its products).
+//   Both layers, fwd + bwd through the public entry points: 3.9 (3.6) ms
+//   under load; the five kernels' fastest runs add up to 2.9 ms.  The same
+//   products through the gemm path: ~9.5 ms (a hand-written whole-batch im2col
+//   + sgemm CNN step spent 6.6 ms in them, plus 1.7 ms of im2col / col2im).
 //   Other shapes (N=8..32, C/F 3..128, k3/k5, pad 1/2): direct forward and dx
 //   beat gemm by 1.1-1.8x everywhere; direct dw too, except C=F=128 on 8x8
 //   (one image per group: 2.4 vs 1.2 ms), hence the dw rule above.
@@ -61,9 +62,11 @@
 //  * GCC folds a reused load into each FMA (vfmadd231ps mem) and the tile goes
 //    load-bound: dw 4x4 ran at 34 GFLOP/s; vload_reg pins such loads in
 //    registers (~95 GFLOP/s in isolation).
-//  * zmm accumulators over two vectors (fewer instructions and tiles): within
-//    2% for dx and forward in an interleaved comparison -- Zen 4 splits a zmm
-//    FMA into two ymm halves anyway.  Not kept.
+//  * zmm accumulators over two vectors (half the instructions and tiles): dx
+//    2% faster, forward 0-10% slower (two row loads + insert per zmm) in an
+//    interleaved comparison -- Zen 4 executes a zmm FMA as two ymm halves
+//    anyway.  Not worth a second code path.
+//  * Unrolling the dx reduction loop by 2: 2%.  Not kept.
 //  * dx by input rows (reduce over F*KH, 5x fewer read-modify-writes, but
 //    1.1-1.3x extra FMAs at the image edges): 1.07-1.40 ms vs 0.95 in isolation.
 //  * Ordering dx columns (kw, kh, c) vs (kw, c, kh): no measurable change, kept
