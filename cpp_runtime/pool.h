@@ -8,9 +8,8 @@
 // The scan is written with selects, not branches: random data would otherwise
 // mispredict about once per comparison.
 #pragma once
-#include <cmath>
-#include <cstddef>
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -29,6 +28,7 @@ inline void check(const char* what, int N, int C, int H, int W, int k, int s) {
 
 inline int out_size(int n, int k, int s) { return (n - k) / s + 1; }
 
+// One output row of the 2x2 stride-2 average pool, summed in PyTorch's order.
 inline void avg_pool_2x2_row(const float* __restrict r0, const float* __restrict r1,
                              float* __restrict y, int OW) {
   for (int ow = 0; ow < OW; ++ow)
