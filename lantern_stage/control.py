@@ -49,7 +49,8 @@ def _signature(reps: list[Rep]) -> list[TensorType]:
 
 
 def _describe(tree: TreeDef, types) -> str:
-    return f"{tree} of ({', '.join(map(str, types))})"
+    """The structure with each leaf's type, e.g. (float32[3], int32[])."""
+    return str(tree_unflatten(tree, [str(t) for t in types])).replace("'", "")
 
 
 def _params(b, types, grad: bool, prefix: str) -> tuple[list[ir.Var], list[tuple[ir.Var, ir.Var | None]]]:
