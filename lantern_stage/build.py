@@ -49,7 +49,9 @@ def compile_command(cxx: str, src: Path, out: Path) -> list[str]:
     inc, lib_dir, lib = openblas()
     return [
         cxx, "-O3", "-march=native", "-std=c++17", "-shared", "-fPIC",
-        "-fno-math-errno", "-Wno-unused-variable", "-Wno-unused-but-set-variable",
+        # No errno and no trapping: lets g++ vectorise math (cpp_runtime/math.h)
+        # without -ffast-math's reassociation.
+        "-fno-math-errno", "-fno-trapping-math", "-Wno-unused-variable", "-Wno-unused-but-set-variable",
         f"-I{RUNTIME_DIR}", f"-I{inc}", str(src), "-o", str(out),
         f"-L{lib_dir}", f"-l{lib}", f"-Wl,-rpath,{lib_dir}",
     ]
