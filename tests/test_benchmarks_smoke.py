@@ -1,0 +1,135 @@
+"""The benchmark side: shared data and weights, twin parity across frameworks, and
+a smoke run of the harness (`python -m benchmarks.run --smoke`) checked through
+the results.json it writes. Frameworks that are not installed are skipped (the
+harness itself skips them and says so)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from benchmarks import data, spec, weights  # noqa: E402
+
+torch = pytest.importorskip("torch")
+
+
+# ----------------------------------------------------------------------------- data / weights
+
+def test_char_batches_follow_the_paper_schedule():
+    text = data.load_text()
+    assert len(text.vocab) == 26 and text.vocab == sorted(text.vocab)
+    it = text.batches()
+    b0, b1 = next(it), next(it)
+    assert b0.xs.shape == (20, 20, 26) and b0.xs.dtype == np.float32
+    assert b0.ys.dtype == np.int32 and b0.ids.dtype == np.int32
+    d = text.data
+    assert b0.ids[3, 2] == d[0 + 2 * 20 + 3] and b0.ys[3, 2] == d[0 + 2 * 20 + 4]
+    assert b1.ids[0, 0] == d[20]                            # p += seq
+    assert (b0.xs.argmax(2) == b0.ids).all() and (b0.xs.sum(2) == 1).all()
+    offsets = [p for p, _ in zip(text.offsets(), range(2 * text.period() + 1))]
+    assert max(offsets) + 20 * 20 + 1 <= len(text) and offsets[text.period()] == 0
+
+
+def test_fallback_data_has_the_same_shapes(tmp_path):
+    text = data.load_text(tmp_path / "missing.txt")
+    assert text.source == "generated" and len(text) == 1135 and len(text.vocab) == 26
+    trees = data.load_trees(tmp_path / "missing.txt")
+    assert trees.source == "generated" and len(trees) == 1101
+    sizes = np.array([len(t.labels) for t in trees])
+    assert (sizes % 2 == 1).all() and sizes.max() <= 97 and 30 < sizes.mean() < 45
+    for t in trees[:50]:
+        assert ((t.words >= 0) == (t.lch < 0)).all() and t.words.max() < 5267
+        data.tree_levels(t)                                  # every node reachable from 0
+    img = data.MnistLike().batch_at(3)
+    assert img.x.shape == (100, 1, 28, 28) and img.x.dtype == np.float32 and img.y.max() <= 9
+    assert np.array_equal(img.x, data.MnistLike().batch_at(603).x)   # epoch of 600, seeded
+
+
+def test_weights_are_deterministic_and_pytorch_shaped():
+    for model in spec.MODELS:
+        a, b = weights.init_weights(model), weights.init_weights(model)
+        assert list(a) == list(b) and all(np.array_equal(a[k], b[k]) for k in a)
+        net = __import__("benchmarks.frameworks.torch_models", fromlist=["x"]).from_weights(
+            model, a, spec.make_config(model))
+        assert set(net.state_dict()) == set(a)
+
+
+# ----------------------------------------------------------------------------- twin parity
+
+STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2}
+
+
+def _losses(framework, model, n):
+    from benchmarks.frameworks import Framework
+    fw = Framework(framework)
+    ok, why = fw.available()
+    if not ok:
+        pytest.skip(why)
+    cfg = spec.make_config(model)
+    trainer = fw.build(model, weights.init_weights(cfg), cfg)
+    if model in ("rnn", "lstm"):
+        batches = data.load_text().batches()
+    elif model == "cnn":
+        batches = data.MnistLike().batches()
+    else:
+        batches = iter(data.load_trees())
+    prep = getattr(trainer, "prepare", lambda b: b)
+    out = [trainer.step(prep(next(batches))) for _ in range(n)]
+    return np.array(out), trainer
+
+
+@pytest.mark.parametrize("peer", ["tf", "jax"])
+@pytest.mark.parametrize("model", spec.MODELS)
+def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
+    """Same weights, same data: the first training losses agree to 1e-4 (relative),
+    and the weights after those steps agree closely, so the twins are the same
+    models. (Adagrad's first update is lr * g / |g| per weight, which turns the
+    round-off of near-zero gradients into visible weight differences, hence the
+    looser weight tolerance.)"""
+    ref, ref_trainer = _losses("torch", model, STEPS[model])
+    got, trainer = _losses(peer, model, STEPS[model])
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < 1e-2
+
+
+# ----------------------------------------------------------------------------- harness smoke
+
+@pytest.mark.slow
+def test_smoke_run_writes_results(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "single thread" in proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    meta = res["meta"]
+    for key in ("date", "cpu", "versions", "thread_env", "iters", "tolerances"):
+        assert key in meta
+    assert meta["thread_env"]["OMP_NUM_THREADS"] == "1" and meta["versions"]["torch"].startswith("2.13")
+    assert set(res["summary"]) == set(spec.MODELS)
+    ran = {r["framework"] for r in res["runs"]}
+    assert "torch" in ran and ran.isdisjoint(res["unavailable"])
+    for model, s in res["summary"].items():
+        rows = s["frameworks"]
+        assert rows["torch"]["status"] == "ok", rows["torch"]
+        assert rows["torch"]["per_unit_median"] > 0 and np.isfinite(rows["torch"]["final_loss"])
+        for fw, row in rows.items():
+            if fw == "lantern":          # lantern_stage's own models are tested by their authors
+                assert row["status"] in ("ok", "unsupported", "error")
+                continue
+            assert row["status"] in ("ok", "unsupported"), (model, fw, row)
+            if row["status"] == "ok" and "first_loss_rel_diff" in row:
+                assert row["first_loss_rel_diff"] < 1e-4, (model, fw, row)
+    for png in ["figure6.png"] + [f"loss_{m}.png" for m in spec.MODELS]:
+        assert (out / png).stat().st_size > 1000
+    assert "| framework |" in (out / "results.md").read_text()
