@@ -140,34 +140,46 @@ class Assign:
 
 
 @dataclass(eq=False)
-class Map(Stmt):
-    """An elementwise loop over `shape`; each Assign writes one element per index.
+class Let:
+    """A per-element value kept in a register (made by the fusion pass)."""
 
-    `locals_` are values the fusion pass keeps in registers: (name, expr).
-    """
+    name: str
+    expr: Expr
+
+    def __str__(self):
+        return f"{self.name} := {expr_str(self.expr)}"
+
+
+@dataclass(eq=False)
+class Map(Stmt):
+    """An elementwise loop over `shape`: for each index, `assigns` (Assign or
+    Let) run in order, each Assign writing one element."""
 
     shape: tuple[int, ...]
-    assigns: list[Assign]
-    locals_: list[tuple[str, Expr]] = field(default_factory=list)
+    assigns: list
 
     def reads(self):
         out = []
-        for _, e in self.locals_:
-            out.extend(v.var for v in expr_loads(e))
         for a in self.assigns:
             out.extend(v.var for v in expr_loads(a.expr))
-            if a.accumulate:
+            if isinstance(a, Assign) and a.accumulate:
                 out.append(a.dst.var)
         return out
 
     def writes(self):
-        return [a.dst.var for a in self.assigns]
+        return [a.dst.var for a in self.assigns if isinstance(a, Assign)]
+
+    def views(self) -> list[View]:
+        out = []
+        for a in self.assigns:
+            if isinstance(a, Assign):
+                out.append(a.dst)
+            out.extend(expr_loads(a.expr))
+        return out
 
     def __str__(self):
-        parts = [f"{n} := {expr_str(e)}" for n, e in self.locals_]
-        parts += [str(a) for a in self.assigns]
         dims = ",".join(map(str, self.shape))
-        return f"map[{dims}] {{ " + "; ".join(parts) + " }"
+        return f"map[{dims}] {{ " + "; ".join(map(str, self.assigns)) + " }"
 
 
 @dataclass(eq=False)
@@ -351,6 +363,9 @@ class Loop(Stmt):
     cond: Var
     body: Block
 
+    def reads(self):
+        return [self.cond]
+
     def __str__(self):
         return f"loop while {self.cond!r}"
 
@@ -424,7 +439,7 @@ def _verify(block: Block, defined: set[str], conts: set[str]) -> None:
     defined = set(defined)
     conts = set(conts)
     for stmt in block.stmts:
-        for v in stmt.reads():
+        for v in stmt.reads() if not isinstance(stmt, Loop) else []:  # its test is defined in its head
             if v.storage != "const" and v.name not in defined:
                 raise IRError(f"{v.name} used before definition in: {stmt}")
         if isinstance(stmt, (Alloc, Alias, ScalarDef)):

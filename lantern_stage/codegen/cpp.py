@@ -157,24 +157,19 @@ class Renderer:
         if not shape:
             self.line("{")
             self.indent += 1
-        for name, e in m.locals_:
-            self.line(f"const auto {name} = {self.expr(e, index)};")
         for a in m.assigns:
-            op = "+=" if a.accumulate else "="
-            self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
+            if isinstance(a, ir.Let):
+                self.line(f"const auto {a.name} = {self.expr(a.expr, index)};")
+            else:
+                op = "+=" if a.accumulate else "="
+                self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
         for _ in range(max(len(shape), 1)):
             self.indent -= 1
             self.line("}")
 
 
 def _views(m: ir.Map) -> list[ir.View]:
-    out = []
-    for _, e in m.locals_:
-        out.extend(ir.expr_loads(e))
-    for a in m.assigns:
-        out.append(a.dst)
-        out.extend(ir.expr_loads(a.expr))
-    return out
+    return m.views()
 
 
 def _collapse(shape, strides_list):

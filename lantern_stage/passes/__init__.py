@@ -1,9 +1,19 @@
-"""IR-to-IR passes, run as a flat, named list."""
+"""IR-to-IR passes, run as a flat, named list; `verify` checks the result."""
 from __future__ import annotations
 
 from .. import ir
+from .dce import remove_dead_code
+from .eta import eta_reduce
+from .first_write import assign_first_writes
+from .fusion import fuse_elementwise
 
-PIPELINE: list = []
+PIPELINE = [
+    ("eta-reduce continuations", eta_reduce),
+    ("remove dead code", remove_dead_code),
+    ("assign first writes", assign_first_writes),
+    ("fuse elementwise loops", fuse_elementwise),
+    ("remove dead code", remove_dead_code),
+]
 
 
 def run_passes(program) -> None:
