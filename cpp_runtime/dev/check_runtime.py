@@ -4,6 +4,8 @@
     .venv/bin/python cpp_runtime/dev/check_runtime.py --no-bench
     .venv/bin/python cpp_runtime/dev/check_runtime.py --bench-only [--reps 15]
     .venv/bin/python cpp_runtime/dev/check_runtime.py --no-bench --march x86-64-v3  # AVX2 paths
+    .venv/bin/python cpp_runtime/dev/check_runtime.py --no-bench \
+        --extra-flags="-fno-math-errno -fno-trapping-math"  # as lantern_stage/build.py
 
 Builds check_lib.cpp into a ctypes-loadable .so and bench_conv.cpp into an
 executable (g++ -O3 -march=native -std=c++17, linked with scipy-openblas32),
@@ -345,8 +347,10 @@ def main():
     ap.add_argument("--bench-only", action="store_true")
     ap.add_argument("--reps", type=int, default=15, help="benchmark rounds")
     ap.add_argument("--march", default="native", help="g++ -march= (default native)")
+    ap.add_argument("--extra-flags", default="", help="more g++ flags, e.g. the module build's")
     args = ap.parse_args()
     CXXFLAGS[1] = f"-march={args.march}"
+    CXXFLAGS.extend(args.extra_flags.split())
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="lt_runtime_check_") as tmp:
         tmp = Path(tmp)
