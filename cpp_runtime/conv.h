@@ -22,7 +22,8 @@
 //                     sum at the end.
 //
 // Dispatch (conv2d_use_direct*): direct at stride 1, except dw when an image
-// group holds fewer than 16 output vectors (then gemm); gemm otherwise.
+// group holds fewer than 16 output vectors or dw's partial sums pass 4 MB
+// (then gemm); gemm otherwise.
 // dx == nullptr (the first layer) skips the input gradient entirely.
 //
 // Measurements.  AMD EPYC (Zen 4) VM, one core pinned (taskset -c 0),
@@ -589,10 +590,14 @@ inline void bias_backward(const float* dy, float* db, const Conv2dShape& s) {
 // C*H*W or F per image, small planes): each tile then reduces over too few
 // vectors to pay for its setup and its read-modify-write of the partial sums.
 inline bool conv2d_use_direct(const Conv2dShape& s) { return s.sh == 1 && s.sw == 1; }
+// Also gemm when the 8-lane partial sums of dw (F*C*KH*KW*8 floats) pass 4 MB:
+// they would leave the caches (and grow the arena) for shapes where sgemm
+// has enough work per product anyway.
 inline bool conv2d_use_direct_dw(const Conv2dShape& s) {
   if (!conv2d_use_direct(s)) return false;
   const conv_detail::DirectPlan p = conv_detail::direct_geometry(s);
-  return conv_detail::dw_group(s, p, conv_detail::kDwGroupFloats) * p.nvec >= 16;
+  return conv_detail::dw_group(s, p, conv_detail::kDwGroupFloats) * p.nvec >= 16 &&
+         s.F * s.ckk() * conv_detail::kLanes <= (std::size_t(1) << 20);
 }
 
 // Tile shapes of the dispatch (measured above).

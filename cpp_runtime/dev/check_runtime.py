@@ -113,6 +113,7 @@ CONV_CASES = [
     (2, 3, 5, 5, 2, 5, 5, (1, 1), (0, 0), True),       # output 1x1
     (3, 7, 16, 16, 11, 3, 3, (1, 1), (1, 1), True),    # F, C not multiples of the tiles
     (1, 40, 6, 6, 30, 3, 3, (1, 1), (1, 1), True),     # dispatch: direct dx, gemm dw
+    (1, 128, 8, 8, 130, 3, 3, (1, 1), (0, 0), False),  # dw partial sums > 4 MB: gemm dw
 ]
 
 
