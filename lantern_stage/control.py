@@ -19,10 +19,10 @@ from __future__ import annotations
 import functools
 
 from . import ir
-from .ops.registry import Emitter, as_rep
+from .ops.registry import Emitter, as_rep, staged_leaves
 from .staging import Rep, current, staging_error
 from .tree import TreeDef, tree_flatten, tree_unflatten
-from .types import IntArrayType, TensorType
+from .types import TensorType
 
 
 class _Bottom(Exception):
@@ -30,18 +30,7 @@ class _Bottom(Exception):
 
 
 # ------------------------------------------------------------------ leaves
-def _leaves(tree_value, what: str) -> tuple[list[Rep], TreeDef]:
-    leaves, tree = tree_flatten(tree_value)
-    b = current()
-    reps = []
-    for leaf in leaves:
-        r = as_rep(leaf)
-        if isinstance(r.type, IntArrayType):
-            raise staging_error(f"{what}: an IntArray cannot be a {what} value; index it first")
-        if r.block is not None and not b.visible(r.block):
-            raise staging_error(f"{what}: uses a value from inside another control-flow construct")
-        reps.append(r)
-    return reps, tree
+_leaves = staged_leaves
 
 
 def _signature(reps: list[Rep]) -> list[TensorType]:

@@ -11,11 +11,11 @@ import jinja2
 
 from . import __version__, ir
 from .codegen.cpp import render_body
-from .ops.registry import Emitter, as_rep
+from .ops.registry import Emitter, staged_leaves
 from .paths import TEMPLATE_DIR
 from .runtime import ArgSpec
-from .staging import Builder, Rep, staging_context, staging_error
-from .tree import TreeDef, tree_flatten
+from .staging import Builder, Rep, staging_context
+from .tree import TreeDef
 from .types import CPP_TYPE, IntArrayType, TensorType, annotation_type
 
 
@@ -85,16 +85,7 @@ def stage(fn, name: str, specs) -> Program:
     with staging_context(b):
         inputs = [make_input(b, n, t) for n, t in specs]
         reps = [Rep(v, b.root) for _, v in inputs]
-        result = fn(*reps)
-        leaves, tree = tree_flatten(result)
-        reps_out = []
-        for leaf in leaves:
-            r = as_rep(leaf)
-            if isinstance(r.type, IntArrayType):
-                raise staging_error(f"{name}: an IntArray cannot be returned")
-            if r.block is not None and not b.visible(r.block):
-                raise staging_error(f"{name}: returns a value from inside a control-flow construct")
-            reps_out.append(r)
+        reps_out, tree = staged_leaves(fn(*reps), f"{name} result")
 
         def store_outputs():
             em = Emitter(b, "outputs")

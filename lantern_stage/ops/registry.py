@@ -17,7 +17,8 @@ from typing import Callable
 
 from .. import ir
 from ..staging import Rep, current, staging_error, user_location
-from ..types import TensorType, contiguous_strides
+from ..tree import TreeDef, tree_flatten
+from ..types import IntArrayType, TensorType, contiguous_strides
 
 
 class ShapeError(Exception):
@@ -74,6 +75,22 @@ def as_rep(x, dtype: str | None = None) -> Rep:
     if isinstance(x, np.ndarray) or hasattr(x, "lantern_array"):
         return b.capture(x)
     raise staging_error(f"cannot use {type(x).__name__} {x!r} as a staged value")
+
+
+def staged_leaves(value, what: str) -> tuple[list[Rep], TreeDef]:
+    """Flatten a nesting of staged values into Reps that can leave the
+    current scope: a construct's results, a compiled function's outputs."""
+    leaves, tree = tree_flatten(value)
+    b = current()
+    reps = []
+    for leaf in leaves:
+        r = as_rep(leaf)
+        if isinstance(r.type, IntArrayType):
+            raise staging_error(f"{what}: an IntArray cannot be a {what} value; index it first")
+        if r.block is not None and not b.visible(r.block):
+            raise staging_error(f"{what}: uses a value from inside another control-flow construct")
+        reps.append(r)
+    return reps, tree
 
 
 # ------------------------------------------------------------- applying
