@@ -162,7 +162,7 @@ def run_workers(jobs_list, args, tmp: Path, bar, log_dir: Path):
                 r["proc"].wait()
             r["log"].close()
             running.remove(r)
-            free_cpus.append(r["spec"]["cpu"])
+            free_cpus.insert(0, r["spec"]["cpu"])   # back in front: one job at a time keeps one CPU
             bar.update(len(r["spec"]["models"]) - r["done"])
             res = json.loads(r["out"].read_text()) if r["out"].exists() else {
                 "framework": r["spec"]["framework"], "round": r["spec"]["round"], "available": True, "models": {}}
