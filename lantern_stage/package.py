@@ -60,14 +60,31 @@ class OutputFolder:
             os.chmod(self.path, 0o777 & ~umask)  # mkdtemp makes it private
         except OSError as e:
             raise OutputError(f"cannot write to the output folder {self.out}: {e.strerror or e}") from None
-        if self.final.exists() and not self.final.is_dir():
+        problem = self._not_replaceable()
+        if problem:
             self.discard()
-            raise OutputError(f"cannot write the package to {self.final}: a file of that name exists")
+            raise OutputError(problem)
+
+    def _not_replaceable(self) -> str | None:
+        """Why the existing OUT/NAME must not be replaced: only an earlier
+        package (or an empty folder) is."""
+        final = self.final
+        if not final.exists():
+            return None
+        if not final.is_dir():
+            return f"cannot write the package to {final}: a file of that name exists"
+        if any(final.iterdir()) and not (final / "manifest.json").is_file():
+            return (f"{final} exists and is not a package written by lantern compile; "
+                    "remove it or choose another -o / --name")
+        return None
 
     def commit(self) -> Path:
         try:
             with open(self.out / f".{self.final.name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
+                problem = self._not_replaceable()
+                if problem:
+                    raise OutputError(problem)
                 old = None
                 if self.final.exists():
                     old = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".old", dir=self.out))
@@ -78,6 +95,9 @@ class OutputFolder:
         except OSError as e:
             self.discard()
             raise OutputError(f"cannot write the package to {self.final}: {e.strerror or e}") from None
+        except OutputError:
+            self.discard()
+            raise
         return self.final
 
     def discard(self) -> None:

@@ -1,0 +1,35 @@
+"""Entry points with every kind of input, compiled once by tests/test_fuzz.py
+(`lantern compile`) and fed random arguments: float, int32 index and bool
+tensors, a 0-d int, an IntArray, captured arrays, and a training step."""
+import numpy as np
+
+import lantern_stage as lt
+from lantern_stage import nn
+
+TABLE = (np.arange(24, dtype=np.float32).reshape(6, 4) - 12) / 10  # captured: 6 rows
+
+
+@lt.export
+def mix(x: lt.Tensor[3, 4], idx: lt.Tensor[5, "int32"], k: lt.Int, labels: lt.Tensor[3, "int32"],
+        mask: lt.Tensor[4, "bool"]):
+    rows = lt.embedding(TABLE, idx)  # idx in [0, 6)
+    r = lt.where(mask, x[k], 0.0)  # k in [0, 3)
+    nll = lt.cross_entropy(x, labels)  # labels in [0, 4)
+    return rows * r + nll, lt.sum(x, axis=0)
+
+
+@lt.export
+def pick(a: lt.IntArray, i: lt.Int, v: lt.Tensor[2, 3]):
+    return v * lt.cast(a[i], "float32")  # i in [0, len(a)): checked in C++
+
+
+lt.manual_seed(0)
+model = nn.Linear(4, 3)
+optimizer = lt.optim.SGD(model.parameters(), lr=0.1)
+
+
+def loss_fn(model, x: lt.Tensor[2, 4], y: lt.Tensor[2, "int32"]):
+    return lt.cross_entropy(model(x), y)
+
+
+lt.export(lt.train_step(model, loss_fn, optimizer), name="train")
