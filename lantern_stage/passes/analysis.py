@@ -62,6 +62,20 @@ def read_counts(body: ir.Block, buffers: Buffers) -> dict:
     counts: dict = {}
     for _, stmt in ir.walk(body):
         written = {id(buffers.of(v)[0]) for v in stmt.writes()}
-        for rid in {id(buffers.of(v)[0]) for v in stmt.reads()} - written:
+        outside = {id(buffers.of(v)[0]) for v in stmt.reads()} - written
+        for rid in outside | _reads_after_own_write(stmt, buffers):
             counts[rid] = counts.get(rid, 0) + 1
     return counts
+
+
+def _reads_after_own_write(stmt: ir.Stmt, buffers: Buffers) -> set:
+    """Root ids a fused Map reads after one of its own assigns wrote them:
+    those reads need the writes (`d = a; d += b; y = d * c`)."""
+    if not isinstance(stmt, ir.Map):
+        return set()
+    done, out = set(), set()
+    for a in stmt.assigns:
+        out |= {id(buffers.of(v.var)[0]) for v in ir.expr_loads(a.expr)} & done
+        if isinstance(a, ir.Assign):
+            done.add(id(buffers.of(a.dst.var)[0]))
+    return out
