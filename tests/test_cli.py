@@ -172,6 +172,25 @@ def test_package_losses_match_the_model_run_in_process(mlp_out):
     assert json.loads(proc.stdout) == expected
 
 
+def test_package_moved_away_from_its_openblas_loads_this_environments(mlp_out, tmp_path):
+    """module.so finds OpenBLAS by the run path of the environment it was built
+    in; where that is gone, the package loads scipy-openblas32 from sys.path."""
+    import scipy_openblas32
+
+    shutil.copytree(mlp_out / "mlp", tmp_path / "mlp", ignore=shutil.ignore_patterns("standalone"))
+    so = tmp_path / "mlp" / "module.so"
+    lib_dir = scipy_openblas32.get_lib_dir().encode()
+    data = so.read_bytes()
+    assert data.count(lib_dir) == 1
+    so.write_bytes(data.replace(lib_dir, b"/" + b"x" * (len(lib_dir) - 1)))  # same length: a valid ELF file
+    site = Path(scipy_openblas32.__file__).parent.parent
+    code = "import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]); {}import mlp; print(mlp.params)"
+    proc = ok(python(code.format(""), args=(tmp_path, site), flags=("-S",)))
+    assert "fc1.weight" in proc.stdout
+    proc = python(code.format("sys.modules['scipy_openblas32'] = None; "), args=(tmp_path, site), flags=("-S",))
+    assert proc.returncode == 1 and "pip install scipy-openblas32" in proc.stderr
+
+
 # ---------------------------------------------------------------- compile: the standalone program
 def test_standalone_program_built_with_its_makefile_gives_the_packages_losses(mlp_out):
     folder = mlp_out / "mlp" / "standalone"
