@@ -401,6 +401,16 @@ def walk(block: Block):
             owners.append(child)
 
 
+def blocks(block: Block):
+    """Every block, `block` itself first, each once."""
+    stack = [block]
+    while stack:
+        b = stack.pop()
+        yield b
+        for stmt in reversed(b.stmts):
+            stack.extend(reversed(children(stmt)))
+
+
 # ------------------------------------------------------------------ printing
 def format_block(block: Block, indent: int = 0) -> str:
     """The block as text, one statement per line.  Recursion follows the

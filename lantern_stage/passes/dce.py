@@ -22,7 +22,7 @@ def _sweep(body: ir.Block) -> bool:
         return buffers.is_owned(var) and reads.get(id(root), 0) == 0
 
     changed = False
-    for block, _ in list(ir.walk(body)):
+    for block in list(ir.blocks(body)):
         kept = []
         for stmt in block.stmts:
             if isinstance(stmt, ir.Map):
@@ -52,7 +52,7 @@ def _sweep(body: ir.Block) -> bool:
             mentioned.add(id(stmt.base))
         elif not isinstance(stmt, ir.Alloc):
             mentioned.update(id(v) for v in stmt.reads() + stmt.writes())
-    for block, _ in list(ir.walk(body)):
+    for block in list(ir.blocks(body)):
         kept = [s for s in block.stmts
                 if not (isinstance(s, (ir.Alloc, ir.Alias)) and id(s.var) not in mentioned)]
         changed |= len(kept) != len(block.stmts)

@@ -27,5 +27,5 @@ def eta_reduce(program) -> None:
     for block, stmt in list(ir.walk(program.body)):
         if isinstance(stmt, (ir.Jump, ir.Call)):
             stmt.k = resolve(stmt.k)
-    for block, _ in list(ir.walk(program.body)):
+    for block in list(ir.blocks(program.body)):
         block.stmts = [s for s in block.stmts if not (isinstance(s, ir.LamDef) and id(s.lam) in target)]

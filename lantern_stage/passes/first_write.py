@@ -15,7 +15,7 @@ _ASSIGNABLE = {"gemm", "gemv", "dot"}
 
 def assign_first_writes(program) -> None:
     buffers = analyse(program.body)
-    for block, _ in list(ir.walk(program.body)):
+    for block in list(ir.blocks(program.body)):
         stmts = block.stmts
         pending = {}  # root id -> Alloc still waiting for its first reference
         for stmt in stmts:

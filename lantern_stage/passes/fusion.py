@@ -17,7 +17,7 @@ from .analysis import analyse, read_counts
 
 def fuse_elementwise(program) -> None:
     buffers = analyse(program.body)
-    for block, _ in list(ir.walk(program.body)):
+    for block in list(ir.blocks(program.body)):
         block.stmts = _fuse_block(block.stmts, buffers)
     _promote(program, buffers)
 
