@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import jinja2
 
 from . import __version__, ir
-from .codegen.cpp import render_body
+from .codegen.cpp import LoopKernels, render_body
 from .ops.registry import Emitter, staged_leaves
 from .paths import TEMPLATE_DIR
 from .runtime import ArgSpec
@@ -127,6 +127,7 @@ _ENV = jinja2.Environment(
 
 def render_module(programs: list[Program]) -> str:
     entries = []
+    kernels = LoopKernels()
     for p in programs:
         entries.append(dict(
             name=p.name,
@@ -134,10 +135,11 @@ def render_module(programs: list[Program]) -> str:
             signature=", ".join(f"{s.name}: {s.describe()}" for s, _ in p.inputs)
             + "".join(f"; captured {v.name}: {v.type}" for _, v in p.captures),
             prologue=prologue(p),
-            body=render_body(p.body),
+            body=render_body(p.body, kernels),
             deep=p.deep,
         ))
-    return _ENV.get_template("module.cpp.j2").render(version=__version__, entries=entries)
+    return _ENV.get_template("module.cpp.j2").render(
+        version=__version__, entries=entries, loop_functions=kernels.definitions)
 
 
 def output_layout(program: Program) -> list[tuple[tuple, str]]:

@@ -38,10 +38,34 @@ def cont_signature(types: list[ir.Var]) -> str:
     return "lt::FnRef<void(" + ", ".join(cpp_type(v) for v in types) + ")>"
 
 
-class Renderer:
+class LoopKernels:
+    """Elementwise loops rendered as functions, one per distinct loop: the
+    unrolled time steps of an RNN repeat the same loops, and g++ compiles
+    (and vectorises) each only once.  Shared by every entry of a module."""
+
     def __init__(self):
+        self.by_text: dict[str, str] = {}
+        self.definitions: list[str] = []
+
+    def function(self, params: list[str], body: list[str], restrict: bool) -> str:
+        qual = " __restrict" if restrict else ""
+        decl = ", ".join(p.replace("*", "*" + qual, 1) if "*" in p else p for p in params)
+        text = "(" + decl + ") {\n" + "\n".join(body) + "\n}"
+        if text not in self.by_text:
+            name = f"lt_loop{len(self.by_text)}"
+            self.by_text[text] = name
+            self.definitions.append(f"static __attribute__((noinline)) void {name}{text}")
+        return self.by_text[text]
+
+
+class Renderer:
+    def __init__(self, kernels: LoopKernels, roots: dict, params: set):
         self.lines: list[str] = []
         self.indent = 1
+        self.kernels = kernels
+        self.roots = roots  # alias var id -> root var id
+        self.params = params  # ids of continuation and function parameters
+        self.rename: dict = {}  # var id -> parameter name, inside a loop function
 
     def line(self, text: str) -> None:
         self.lines.append("  " * self.indent + text)
@@ -131,14 +155,43 @@ class Renderer:
 
     def load(self, view: ir.View, index: dict) -> str:
         var = view.var
+        name = self.rename.get(id(var), var.name)
         if var.storage == "scalar":
-            return var.name
+            return name
         if var.storage == "const":
             return str(var.value)
-        return f"{var.name}[{index.get(id(view), view.offset)}]"
+        return f"{name}[{index.get(id(view), view.offset)}]"
 
     # ------------------------------------------------------------ loops
     def map(self, m: ir.Map) -> None:
+        if not m.shape or all(n == 1 for n in m.shape):
+            self.loop(m)  # one element: inline
+            return
+        operands = []
+        for v in _views(m):
+            if v.var.storage in ("buf", "scalar") and id(v.var) not in {id(o) for o in operands}:
+                operands.append(v.var)
+        params, self.rename = [], {}
+        for k, var in enumerate(operands):
+            self.rename[id(var)] = f"p{k}"
+            ctype = CPP_TYPE[var.dtype]
+            params.append(f"{ctype}* p{k}" if var.storage == "buf" else f"const {ctype} p{k}")
+        outer_lines, outer_indent = self.lines, self.indent
+        self.lines, self.indent = [], 1
+        try:
+            self.loop(m)
+            body = self.lines
+        finally:
+            self.lines, self.indent, self.rename = outer_lines, outer_indent, {}
+        # __restrict only where no two pointers can meet: distinct roots, and no
+        # continuation or function parameter (those are the caller's buffers,
+        # possibly one passed twice or an outer variable under another name).
+        roots = [self.roots.get(id(v), id(v)) for v in operands if v.storage == "buf"]
+        restrict = len(set(roots)) == len(roots) and not any(r in self.params for r in roots)
+        name = self.kernels.function(params, body, restrict)
+        self.line(f"{name}({', '.join(v.name for v in operands)});")
+
+    def loop(self, m: ir.Map) -> None:
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
         names = [f"i{d}" for d in range(len(shape))]
@@ -189,7 +242,14 @@ def _collapse(shape, strides_list):
     return new_shape, new_strides
 
 
-def render_body(block: ir.Block) -> str:
-    r = Renderer()
+def render_body(block: ir.Block, kernels: LoopKernels) -> str:
+    roots, params = {}, set()
+    for _, stmt in ir.walk(block):
+        if isinstance(stmt, ir.Alias):
+            roots[id(stmt.var)] = roots.get(id(stmt.base), id(stmt.base))
+        elif isinstance(stmt, (ir.LamDef, ir.FunDef)):
+            fn = stmt.lam if isinstance(stmt, ir.LamDef) else stmt.fun
+            params.update(id(p) for p in fn.params)
+    r = Renderer(kernels, roots, params)
     r.block(block, scoped=False)
     return "\n".join(r.lines)
