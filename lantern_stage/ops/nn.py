@@ -38,13 +38,22 @@ def _linear_dims(x, w):
 
 def _linear_forward(em, out, x, w):
     m, n, k = _linear_dims(x, w)
-    em.prim("gemm", [out], [x, w], M=m, N=n, K=k, ta=False, tb=True)
+    if m == 1:  # y[n] = w[n,k] x[k]
+        em.prim("gemv", [out], [w, x], M=n, N=k, trans=False)
+    else:
+        em.prim("gemm", [out], [x, w], M=m, N=n, K=k, ta=False, tb=True)
 
 
 def _linear_backward(em, out, dout, ins, dins):
     x, w = ins
     dx, dw = dins
     m, n, k = _linear_dims(x, w)
+    if m == 1:
+        if dx is not None:  # dx[k] += w[n,k]^T dy[n]
+            em.prim("gemv", [dx], [w, dout], M=n, N=k, trans=True, acc=True)
+        if dw is not None:  # dw[n,k] += dy[n] x[k]^T
+            em.prim("ger", [dw], [dout, x], M=n, N=k, acc=True)
+        return
     if dx is not None:  # dx[m,k] += dy[m,n] w[n,k]
         em.prim("gemm", [dx], [dout, w], M=m, N=k, K=n, ta=False, tb=False, acc=True)
     if dw is not None:  # dw[n,k] += dy[m,n]^T x[m,k]
