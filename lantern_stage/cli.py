@@ -18,7 +18,9 @@ import contextlib
 import itertools
 import math
 import os
+import shutil
 import sys
+import textwrap
 import time
 import traceback
 
@@ -75,7 +77,7 @@ def training_entry(bundle: Bundle, name: str | None) -> Entry:
             raise CliError(f"no entry point named {name!r}; the model exports {known}", EXIT_USAGE) from None
         problem = loss_problem(entry)
         if problem:
-            raise CliError(f"cannot train {problem}", EXIT_MODEL)
+            raise CliError(f"cannot train: {problem}", EXIT_MODEL)
         return entry
     steps = [e for e in bundle.entries if e.kind == "train_step"]
     if not steps:
@@ -158,8 +160,10 @@ def default_name(path: str) -> str:
 
 
 def cmd_compile(args) -> int:
-    if (args.data is not None or args.steps is not None) and not args.standalone:
-        raise CliError("--data and --steps apply to --standalone (the data of the standalone program)", EXIT_USAGE)
+    if (args.data is not None or args.steps is not None or args.entry is not None) and not args.standalone:
+        raise CliError("--data, --steps and --entry apply to --standalone (the program and its data)", EXIT_USAGE)
+    if args.standalone and args.steps == 0:
+        raise CliError("--steps: the standalone program needs at least one batch", EXIT_USAGE)
     name = args.name or default_name(args.model)
     if not name.isidentifier():
         raise CliError(f"--name {name!r} is not a Python identifier (it is imported as `import {name}`)", EXIT_USAGE)
@@ -257,8 +261,8 @@ def summary(name: str, losses: list[float], seconds: float) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lantern",
-        description="Compile lantern_stage models (files exporting entry points with lt.export) into "
-                    "importable packages or standalone C++ programs, or train them.",
+        description=_wrap("Compile lantern_stage models (Python files exporting entry points with lt.export) "
+                          "into importable packages or standalone C++ programs, or train them."),
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"lantern (lantern_stage) {__version__}")
     parser.add_argument("--debug", action="store_true", help="on an error, print the Python traceback too")
@@ -266,18 +270,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("model", metavar="MODEL.py", help="the model file: a Python script calling lt.export")
-    common.add_argument("--entry", metavar="NAME", default=None,
-                        help="the training entry point (default: the model's one lt.train_step)")
-    common.add_argument("--seed", type=int, default=0, help="seed of generated data (default 0)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="on an error, print the Python traceback too")
 
+    def data_options(p, when: str) -> None:
+        p.add_argument("--entry", metavar="NAME", default=None,
+                       help=f"{when}the entry point to train (default: the model's one lt.train_step)")
+        p.add_argument("--seed", type=int, default=0,
+                       help=f"{when}seed of the generated data when the model defines no batches() (default 0)")
+
     c = sub.add_parser(
         "compile", parents=[common], help="compile a model into an importable package (or print its IR / C++)",
-        description="Run MODEL.py, collect its exported entry points and write OUT/NAME/: the generated C++ "
-                    "(module.cpp), the built library (module.so), state.npz (initial parameters and optimizer "
-                    "state), manifest.json and __init__.py. With OUT on sys.path, `import NAME` needs only numpy "
-                    "and cffi.", epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=_wrap(
+            "Run MODEL.py, collect its exported entry points and write OUT/NAME/: the generated C++ "
+            "(module.cpp), the built library (module.so), state.npz (initial parameters and optimizer state), "
+            "manifest.json (entry points and signatures) and __init__.py.  With OUT on sys.path, `import NAME` "
+            "gives the entry points as functions on numpy arrays and the state as `NAME.params`, "
+            "`NAME.state_dict()`; it needs only numpy and cffi.  An existing OUT/NAME written by lantern compile "
+            "is replaced."),
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     c.add_argument("-o", "--out", metavar="OUT", default="lantern_out",
                    help="folder to write the package folder into (default: lantern_out)")
     c.add_argument("--name", metavar="NAME", default=None,
@@ -292,21 +303,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --standalone: passed to the model's batches(data_path) to fill standalone/data/")
     c.add_argument("--steps", type=int, metavar="N", default=None,
                    help="with --standalone: how many batches to write to standalone/data/ (default 10)")
+    data_options(c, "with --standalone: ")
     c.set_defaults(func=cmd_compile)
 
     r = sub.add_parser(
         "run", parents=[common], help="compile a model and train its training entry point, with a progress bar",
-        description="Run MODEL.py, compile its exported entry points and call the training entry point "
-                    "(an lt.train_step) --steps times, showing steps/s and the loss, then a summary. Batches come "
-                    "from the model file's batches(data_path) -- called with --data, or None -- or, when it "
-                    "defines none, are generated from the entry point's signature.",
+        description=_wrap(
+            "Run MODEL.py, compile its exported entry points and call the training entry point (an "
+            "lt.train_step, or --entry) --steps times, showing steps/s and the loss, then a summary.  Batches "
+            "come from the model file's batches(data_path) -- called with --data, or None, and iterated again "
+            "for each epoch -- each an input tuple (or a dict by input name) of the entry point.  When the model "
+            "defines no batches(), random batches are generated from the entry point's signature, with index "
+            "inputs inside the ranges the model indexes with."),
         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_options(r, "")
     r.add_argument("--steps", type=int, metavar="N", default=100, help="training steps (default 100)")
     r.add_argument("--data", metavar="PATH", default=None, help="passed to the model's batches(data_path)")
     r.add_argument("--save", metavar="FILE.npz", default=None, help="write the trained state to an .npz file")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
     return parser
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, width=min(shutil.get_terminal_size().columns, 100) - 2)
 
 
 def fail(message: str, code: int) -> int:
