@@ -451,3 +451,59 @@ def test_usage_errors(tmp_path):
     proc = lantern("compile", model, "--emit-ir", "--emit-cpp")
     assert proc.returncode == cli.EXIT_USAGE and "not allowed with" in proc.stderr
     expect_failure(lantern("run", model, "--entry", "g"), cli.EXIT_USAGE, "no entry point named 'g'")
+
+
+# ---------------------------------------------------------------- lt.export and the bundle, in process (no compiler)
+def test_export_marks_entry_points_and_returns_compiled_objects():
+    from lantern_stage.export import collecting
+
+    with collecting() as found:
+        @lt.export
+        def double(x: lt.Tensor[3]):
+            return x * 2
+
+        @lt.export(name="halve")
+        def half(x: lt.Tensor[3]):
+            return x / 2
+
+    assert isinstance(double, lt.CompiledFunction) and isinstance(half, lt.CompiledFunction)
+    assert [e.name for e in found] == ["double", "halve"]
+    assert found[0].where.startswith(__file__ + ":")
+    assert lt.export(double) is double  # outside `collecting`: nothing recorded, the object back
+    with pytest.raises(ValueError, match="not a Python identifier"):
+        lt.export(double, name="two words")
+    with pytest.raises(TypeError, match="expected a function"):
+        lt.export(42)
+
+
+def test_index_ranges_follow_views_and_name_their_use():
+    from lantern_stage.export import Bundle, collecting
+
+    table = np.zeros((7, 2), np.float32)
+    with collecting() as found:
+        @lt.export
+        def f(xs: lt.Tensor[4, 3, 5], ys: lt.Tensor[4, 3, "int32"], words: lt.Tensor[2, 3, "int32"], k: lt.Int,
+              free: lt.Tensor[3, "int32"]):
+            loss = lt.sum(lt.embedding(table, words)) + lt.sum(xs[k]) + lt.sum(lt.cast(free, "float32"))
+            for t in range(4):
+                loss = loss + lt.cross_entropy(xs[t], ys[t])
+            return loss
+
+    (entry,) = Bundle(found).entries
+    assert entry.index_ranges == [
+        [],
+        [dict(offset=0, size=12, bound=5, use="nll_loss target")],  # ys[0..3] merged
+        [dict(offset=0, size=6, bound=7, use="embedding index")],
+        [dict(offset=0, size=1, bound=4, use="row index")],
+        [],  # not used as an index
+    ]
+    assert list(Bundle(found).state) == ["captured.array"]  # no name in a model file's globals
+
+
+def test_bundle_rejects_clashing_entry_names():
+    from lantern_stage.export import Bundle, ModelError, collecting
+
+    with collecting() as found:
+        lt.export(lambda x: x, name="params")
+    with pytest.raises(ModelError, match="taken by the compiled package"):
+        Bundle(found)
