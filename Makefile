@@ -20,7 +20,7 @@ test: venv
 	$(PY) -m pytest tests -ra -q
 
 example: venv
-	$(PY) examples/train_mlp.py
+	$(VENV)/bin/lantern run examples/char_rnn.py --steps 2000
 
 # Build outputs and the test caches; the compile cache lives in
 # LANTERN_CACHE_DIR (default ~/.cache/lantern_stage) and is left alone.
