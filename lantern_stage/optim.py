@@ -36,7 +36,23 @@ class Optimizer:
     Parameter) pairs); subclasses declare per-parameter state with
     `_state_like` and stage one parameter's update in `_update`."""
 
-    def __init__(self, params, lr: float):
+    def __init__(self, params=None, lr: float = 1e-3):
+        # `Adagrad(lr=0.1)` / `SGD(0.05)`, as the train_step contract writes
+        # them: no parameters yet; lt.train_step binds the model's.
+        if isinstance(params, (int, float)) and not isinstance(params, bool):
+            params, lr = None, float(params)
+        if lr < 0:
+            raise ValueError(f"invalid learning rate {lr}")
+        self._initial_lr = lr
+        self.params: list[Parameter] | None = None
+        self.param_names: list[str] = []
+        self._state: "OrderedDict[str, _State]" = OrderedDict()
+        if params is not None:
+            self.bind(params)
+
+    def bind(self, params) -> None:
+        """Attach the parameters to optimise (Parameters, or (name, Parameter)
+        pairs) and create the optimizer state for them."""
         params = list(params)
         if not params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
@@ -50,11 +66,13 @@ class Optimizer:
                 raise TypeError(f"{type(self).__name__}: expected lt.nn.Parameter objects, got {type(p).__name__}")
         if len({id(p) for p in params}) != len(params):
             raise ValueError(f"{type(self).__name__}: a parameter appears twice")
-        if lr < 0:
-            raise ValueError(f"invalid learning rate {lr}")
-        self.params: list[Parameter] = params
-        self._state: "OrderedDict[str, _State]" = OrderedDict()
-        self._scalar("lr", lr)
+        self.params = params
+        self._state = OrderedDict()
+        self._scalar("lr", self._initial_lr)
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """Subclasses create their per-parameter state here."""
 
     # ------------------------------------------------------------ state
     def _scalar(self, key: str, value: float) -> _State:
@@ -71,11 +89,13 @@ class Optimizer:
 
     @property
     def lr(self) -> float:
-        return float(self._state["lr"].array)
+        return float(self._state["lr"].array) if "lr" in self._state else self._initial_lr
 
     @lr.setter
     def lr(self, value: float) -> None:
-        self._state["lr"].array[...] = value
+        if "lr" in self._state:
+            self._state["lr"].array[...] = value
+        self._initial_lr = value
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """key -> live array: "lr", "step" (if any), "<i>.<kind>" per parameter i."""
@@ -111,7 +131,8 @@ class Optimizer:
         raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({len(self.params)} parameters, lr={self.lr})"
+        n = "unbound" if self.params is None else f"{len(self.params)} parameters"
+        return f"{type(self).__name__}({n}, lr={self.lr})"
 
 
 class SGD(Optimizer):
@@ -119,13 +140,15 @@ class SGD(Optimizer):
     (buf = g on the first step, the same thing from a zero buffer), then
     p -= lr * (nesterov ? g + momentum * buf : buf)."""
 
-    def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, params=None, lr: float = 1e-3, momentum: float = 0.0, weight_decay: float = 0.0,
                  nesterov: bool = False):
-        super().__init__(params, lr)
         if nesterov and momentum <= 0:
             raise ValueError("Nesterov momentum needs a momentum > 0")
         self.momentum, self.weight_decay, self.nesterov = momentum, weight_decay, nesterov
-        self.buffers = self._state_like("momentum_buffer") if momentum else None
+        super().__init__(params, lr)
+
+    def _init_state(self):
+        self.buffers = self._state_like("momentum_buffer") if self.momentum else None
 
     def _update(self, i, p, g, lr):
         if self.weight_decay:
@@ -140,11 +163,14 @@ class Adagrad(Optimizer):
     """torch.optim.Adagrad: sum += g*g; p -= clr * g / (sqrt(sum) + eps),
     clr = lr / (1 + (step - 1) * lr_decay)."""
 
-    def __init__(self, params, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
+    def __init__(self, params=None, lr: float = 1e-2, lr_decay: float = 0.0, weight_decay: float = 0.0,
                  initial_accumulator_value: float = 0.0, eps: float = 1e-10):
-        super().__init__(params, lr)
         self.lr_decay, self.weight_decay, self.eps = lr_decay, weight_decay, eps
-        self.sums = self._state_like("sum", initial_accumulator_value)
+        self.initial_accumulator_value = initial_accumulator_value
+        super().__init__(params, lr)
+
+    def _init_state(self):
+        self.sums = self._state_like("sum", self.initial_accumulator_value)
         self.step = self._scalar("step", 0.0)
 
     def _begin_step(self):
@@ -166,11 +192,13 @@ class Adam(Optimizer):
     advanced as bc <- beta bc + (1 - beta): in float32 that is exact to an ulp,
     where 1 - beta**step would lose digits to cancellation at small steps."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        super().__init__(params, lr)
+    def __init__(self, params=None, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"invalid betas {betas}")
+        super().__init__(params, lr)
+
+    def _init_state(self):
         self.exp_avg = self._state_like("exp_avg")
         self.exp_avg_sq = self._state_like("exp_avg_sq")
         self.step = self._scalar("step", 0.0)

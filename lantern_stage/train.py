@@ -66,6 +66,8 @@ class TrainStep(CompiledFunction):
             raise TypeError(f"train_step: model must be an lt.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"train_step: optimizer must be an lt.optim optimizer, got {type(optimizer).__name__}")
+        if optimizer.params is None:
+            optimizer.bind(model.named_parameters())
         names = {id(p): n for n, p in model.named_parameters()}
         foreign = [i for i, p in enumerate(optimizer.params) if id(p) not in names]
         if foreign:
