@@ -13,6 +13,7 @@ its own: ``python -m benchmarks.models.rnn --steps 500 --data PATH``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from typing import Callable, Dict
 
@@ -45,13 +46,30 @@ class LanternTrainer:
         return {k: np.array(v) for k, v in self.model.state_dict().items()}
 
 
+def config_and_data(model: str, data=None, **overrides):
+    """(cfg, batches, source): the paper's configuration of `model` (with
+    `overrides`), a function returning a fresh iterator over its training
+    batches in the benchmark's order, and where the data came from."""
+    from benchmarks import data as bdata
+    from benchmarks.spec import make_config
+
+    if model in ("rnn", "lstm"):
+        text = bdata.load_text(data)
+        cfg = make_config(model, vocab=len(text.vocab), **overrides)
+        return cfg, lambda: text.batches(cfg.seq, cfg.batch), text.source
+    cfg = make_config(model, **overrides)
+    if model == "cnn":
+        images = bdata.MnistLike(batch=cfg.batch)
+        return cfg, images.batches, images.source
+    trees = bdata.load_trees(data)
+    return cfg, lambda: (trees[i % len(trees)] for i in itertools.count()), trees.source
+
+
 def main(model: str, build: Callable, argv=None) -> list:
     """The command line of one model: train for --steps on --data with a
     progress bar; print the first and last losses."""
     from tqdm import tqdm
 
-    from benchmarks import data as bdata
-    from benchmarks.spec import make_config
     from benchmarks.weights import init_weights
 
     p = argparse.ArgumentParser(prog=f"python -m benchmarks.models.{model}",
@@ -61,20 +79,8 @@ def main(model: str, build: Callable, argv=None) -> list:
     p.add_argument("--dropout", action="store_true", help="cnn: dropout after fc1, as the PyTorch example")
     args = p.parse_args(argv)
 
-    if model in ("rnn", "lstm"):
-        text = bdata.load_text(args.data)
-        cfg = make_config(model, vocab=len(text.vocab))
-        batches = text.batches(cfg.seq, cfg.batch)
-        source = text.source
-    elif model == "cnn":
-        cfg = make_config(model, dropout=args.dropout)
-        images = bdata.MnistLike(batch=cfg.batch)
-        batches, source = images.batches(), images.source
-    else:
-        trees = bdata.load_trees(args.data)
-        cfg = make_config(model)
-        batches = (trees[i % len(trees)] for i in range(10**12))
-        source = trees.source
+    cfg, batches, source = config_and_data(model, args.data, **({"dropout": True} if args.dropout else {}))
+    batches = batches()
 
     t0 = time.perf_counter()
     trainer = build(init_weights(cfg), cfg)
