@@ -3,6 +3,9 @@
 #pragma once
 #include <cblas.h>
 
+#include <cstring>
+#include <vector>
+
 namespace lt {
 
 // C[M,N] = op(A) op(B) + beta C;  op(A) is [M,K], op(B) is [K,N].
@@ -25,5 +28,33 @@ inline void dot(int N, const float* a, const float* b, float* out, bool accumula
   float s = scipy_cblas_sdot(N, a, 1, b, 1);
   *out = accumulate ? *out + s : s;
 }
+
+// Rows a_r (length M) and b_r (length N) of outer products a_r b_r^T whose
+// sum is added to a gradient at once: flush() is one gemm, C += A^T B.
+// The storage grows to the largest call seen and is kept for the next.
+class OuterLog {
+ public:
+  void start(int M, int N) {
+    M_ = M;
+    N_ = N;
+    rows_ = 0;
+  }
+  void append(const float* a, const float* b, int rows) {
+    std::size_t need = static_cast<std::size_t>(rows_ + rows);
+    if (a_.size() < need * M_) a_.resize(2 * need * M_);
+    if (b_.size() < need * N_) b_.resize(2 * need * N_);
+    std::memcpy(a_.data() + static_cast<std::size_t>(rows_) * M_, a, sizeof(float) * rows * M_);
+    std::memcpy(b_.data() + static_cast<std::size_t>(rows_) * N_, b, sizeof(float) * rows * N_);
+    rows_ += rows;
+  }
+  void flush(float* C) {
+    if (rows_) gemm(true, false, M_, N_, rows_, a_.data(), b_.data(), C, 1.0f);
+    rows_ = 0;
+  }
+
+ private:
+  int M_ = 0, N_ = 0, rows_ = 0;
+  std::vector<float> a_, b_;
+};
 
 }  // namespace lt

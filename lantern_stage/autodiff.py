@@ -77,7 +77,7 @@ def value_and_grad(f, argnums=0, has_aux=False):
             raise
         for slot in slots:
             b.emit(ir.Alloc(slot, False))
-        b.emit(ir.Nested(body))
+        b.emit(ir.Nested(body, [g for n in nums for g in grad_trees[n][1]]))
         value = Rep(slots[0], b.block)
         outs = [Rep(s, b.block) for s in slots[1:]]
         grads = []

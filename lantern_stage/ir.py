@@ -346,9 +346,12 @@ class Jump(Stmt):
 
 @dataclass(eq=False)
 class Nested(Stmt):
-    """A nested C++ scope whose arena allocations are released at its end."""
+    """A nested C++ scope whose arena allocations are released at its end.
+    `accumulators`: buffers (gradients of differentiated arguments) the
+    scope only adds into and never reads."""
 
     body: Block
+    accumulators: list = field(default_factory=list)
 
     def __str__(self):
         return f"scope {self.body.label}".rstrip()

@@ -116,6 +116,19 @@ def _dropout_mask(p: Prim) -> str:
     return f"lt::dropout_draw({ptr(state)}, {ptr(mask)}, {max(mask.size, 1)}, {p.attrs['p']!r}f);"
 
 
+def _outer_log_start(p: Prim) -> str:
+    a = p.attrs
+    return f"static lt::OuterLog {a['log']}; {a['log']}.start({a['M']}, {a['N']});"
+
+
+def _outer_log_append(p: Prim) -> str:
+    return f"{p.attrs['log']}.append({ptr(p.ins[0])}, {ptr(p.ins[1])}, {p.attrs['rows']});"
+
+
+def _outer_log_flush(p: Prim) -> str:
+    return f"{p.attrs['log']}.flush({ptr(p.outs[0])});"
+
+
 def _store_output(p: Prim) -> str:
     v, j = p.ins[0], p.attrs["index"]
     ctype = CPP_TYPE[v.dtype]
@@ -140,6 +153,9 @@ KERNELS = {
     "take_row": _take_row,
     "take_row_backward": _take_row_backward,
     "store_output": _store_output,
+    "outer_log_start": _outer_log_start,
+    "outer_log_append": _outer_log_append,
+    "outer_log_flush": _outer_log_flush,
     # nn ops (ops/nn.py)
     "conv2d": _conv2d,
     "conv2d_backward": _conv2d_backward,

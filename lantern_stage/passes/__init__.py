@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from .. import ir
 from .dce import remove_dead_code
+from .defer_outer import defer_outer_products
 from .eta import eta_reduce
 from .first_write import assign_first_writes
 from .fusion import fuse_elementwise
 
 PIPELINE = [
     ("eta-reduce continuations", eta_reduce),
+    ("defer weight-gradient outer products", defer_outer_products),
     ("remove dead code", remove_dead_code),
     ("assign first writes", assign_first_writes),
     ("fuse elementwise loops", fuse_elementwise),

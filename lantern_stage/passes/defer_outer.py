@@ -1,0 +1,59 @@
+"""Deferred weight gradients: a weight used at many nodes of a tree (or many
+steps of an unrolled RNN) gets one rank-1 update (`ger`) or skinny product
+per use, each streaming the whole gradient matrix through memory.  Instead,
+each use appends its rows to a log (`lt::OuterLog`), and one `gemm` adds
+them all when the differentiation scope ends: dW += A^T B over every logged
+row - the same sum, compute-bound instead of memory-bound.
+
+Applies to a gradient of a differentiated argument (nothing inside the scope
+reads it) that receives more than one such update, or one inside a staged
+function or continuation (run many times)."""
+from __future__ import annotations
+
+from .. import ir
+
+
+def _outer_rows(p: ir.Prim):
+    """(a, b, rows) when the prim is dW += sum_r a_r b_r^T over contiguous rows."""
+    if p.kind == "ger" and p.accumulate:
+        return p.ins[0], p.ins[1], 1
+    if p.kind == "gemm" and p.accumulate and p.attrs["ta"] and not p.attrs["tb"]:
+        return p.ins[0], p.ins[1], p.attrs["K"]
+    return None
+
+
+def defer_outer_products(program) -> None:
+    for block in list(ir.blocks(program.body)):
+        out = []
+        for stmt in block.stmts:
+            out.append(stmt)
+            if isinstance(stmt, ir.Nested) and stmt.accumulators:
+                out[-1:] = _defer(stmt)
+        block.stmts = out
+
+
+def _defer(scope: ir.Nested) -> list:
+    targets = {id(v): v for v in scope.accumulators if len(v.shape) == 2}
+    uses: dict = {}  # target id -> list of (block, prim, repeated)
+    stack = [(scope.body, False)]
+    while stack:
+        block, repeated = stack.pop()
+        for stmt in block.stmts:
+            if isinstance(stmt, ir.Prim) and stmt.outs and id(stmt.outs[0]) in targets and _outer_rows(stmt):
+                uses.setdefault(id(stmt.outs[0]), []).append((block, stmt, repeated))
+            for child in ir.children(stmt):
+                stack.append((child, repeated or isinstance(stmt, (ir.FunDef, ir.LamDef, ir.Loop))))
+    before, after = [], []
+    for tid, found in uses.items():
+        if len(found) < 2 and not any(rep for _, _, rep in found):
+            continue
+        dw = targets[tid]
+        log = f"log_{dw.name}"
+        m, n = dw.shape
+        before.append(ir.Prim("outer_log_start", [], [], {"log": log, "M": m, "N": n}))
+        for block, prim, _ in found:
+            a, b, rows = _outer_rows(prim)
+            block.stmts[block.stmts.index(prim)] = ir.Prim(
+                "outer_log_append", [], [a, b], {"log": log, "rows": rows})
+        after.append(ir.Prim("outer_log_flush", [dw], [], {"log": log}, accumulate=True))
+    return before + [scope] + after
