@@ -25,17 +25,21 @@ def fuse_elementwise(program) -> None:
 def _fuse_block(stmts, buffers):
     out = []
     group = None  # index in `out` of the Map being grown
+    group_accesses = []
     for stmt in stmts:
         if isinstance(stmt, ir.Map):
-            if group is not None and _compatible(out[group], stmt, buffers):
+            accesses = _accesses(stmt, buffers)
+            if group is not None and _compatible(out[group], stmt, group_accesses, accesses):
                 # Move the grown map down to here, after the allocations between.
                 grown = out.pop(group)
                 grown.assigns.extend(stmt.assigns)
                 out.append(grown)
                 group = len(out) - 1
+                group_accesses = group_accesses + accesses
                 continue
             out.append(stmt)
             group = len(out) - 1
+            group_accesses = accesses
         else:
             out.append(stmt)
             if not isinstance(stmt, (ir.Alloc, ir.Alias, ir.Comment)):
@@ -56,10 +60,9 @@ def _accesses(m: ir.Map, buffers):
     return out
 
 
-def _compatible(a: ir.Map, b: ir.Map, buffers) -> bool:
+def _compatible(a: ir.Map, b: ir.Map, acc_a, acc_b) -> bool:
     if a.shape != b.shape:
         return False
-    acc_a, acc_b = _accesses(a, buffers), _accesses(b, buffers)
     for x, y in ((acc_a, acc_b), (acc_b, acc_a)):
         writes = [w for w in x if w[2]]
         for root, key, _, reduction in writes:
