@@ -392,6 +392,7 @@ def test_parameters_state_dict_round_trip_is_in_place():
     weight_array = b.weight.data
     b.load_state_dict(a.state_dict())
     assert b.weight.data is weight_array  # compiled code keeps pointing at the same memory
+    assert np.asarray(b.weight) is weight_array and np.asarray(b.weight, np.float64) is not weight_array
     np.testing.assert_array_equal(b.weight.data, a.weight.data)
     with pytest.raises(KeyError, match="missing"):
         b.load_state_dict({"weight": a.weight.data})

@@ -46,6 +46,12 @@ class Parameter:
     def numpy(self) -> np.ndarray:
         return self._data
 
+    def __array__(self, dtype=None, copy=None):
+        """`np.asarray(param)` is the live array itself (no copy)."""
+        if copy or (dtype is not None and np.dtype(dtype) != self._data.dtype):
+            return np.array(self._data, dtype=dtype, copy=True)
+        return self._data
+
     @property
     def shape(self) -> tuple[int, ...]:
         return self._data.shape
