@@ -6,14 +6,13 @@ from __future__ import annotations
 import functools
 from math import prod
 
-from . import ops
 from .ops import elementwise as ew
 from .ops import linalg, loss, reduce, shape
 from .ops import nn as _nn
 from .generator import default_generator as _default_generator
 from .ops.registry import ShapeError, as_rep
-from .staging import Rep, StagingError, current, staging_error
-from .types import IntArrayType, TensorType
+from .staging import Rep, StagingError, staging_error
+from .types import IntArrayType
 
 # ---------------------------------------------------------------- elementwise
 add, sub, mul, div = ew.add, ew.sub, ew.mul, ew.div
@@ -356,4 +355,7 @@ def _axes_arg(axes):
 
 _install_operators()
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "prod", "TensorType", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape", "staging_error", "builtin_sum", "Rep", "current", "ops", "as_rep", "functools", "StagingError")]
+# The public functions: everything defined here but the imported helpers.
+__all__ = [n for n in dir() if not n.startswith("_") and n not in (
+    "annotations", "prod", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape",
+    "staging_error", "builtin_sum", "Rep", "as_rep", "functools", "StagingError")]
