@@ -258,6 +258,16 @@ def _fmt(x, digits=3):
     return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:.{digits}g}".rstrip(".")
 
 
+def _rounded(x):
+    if isinstance(x, float):
+        return float(f"{x:.6g}")
+    if isinstance(x, list):
+        return [_rounded(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    return x
+
+
 def write_markdown(path, meta, summary, unavailable, probes):
     L = [f"# lantern_stage benchmarks (Figure 6)", "",
          f"{meta['date']} · {meta['cpu']} · {meta['mode']} run: {meta['repeat']} round(s), "
@@ -436,8 +446,10 @@ def main(argv=None):
                 worker_threads={r["framework"]: dict(affinity=r.get("affinity"), threads=r.get("threads"))
                                 for r in runs},
                 argv=sys.argv[1:] if argv is None else list(argv))
-    (out / "results.json").write_text(json.dumps(dict(meta=meta, unavailable=unavailable, summary=summary,
-                                                      probes=probes, runs=runs), indent=1))
+    # Compact, 6 significant digits: per-step losses and times of every run
+    # stay in, at under 2 MB for a full run.
+    (out / "results.json").write_text(json.dumps(_rounded(dict(meta=meta, unavailable=unavailable, summary=summary,
+                                                               probes=probes, runs=runs)), separators=(",", ":")))
     write_markdown(out / "results.md", meta, summary, unavailable, probes)
     write_charts(out, summary, runs, models)
     _print_table(summary)
