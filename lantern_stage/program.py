@@ -79,8 +79,10 @@ def c_identifier(name: str) -> str:
     distinct names stay distinct."""
     if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and name not in RUNTIME_SYMBOLS:
         return name
-    plain = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
-    return f"{plain or 'entry'}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    plain = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "entry"
+    if plain[0].isdigit():
+        plain = "n" + plain
+    return f"{plain}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def c_comment(text: str) -> str:

@@ -231,7 +231,7 @@ def _scalar(where: str, dtype: np.dtype, value) -> np.ndarray:
         except OverflowError:  # a Python int beyond float64
             as_float = None
         if as_float is None or FLOAT32_MAX < abs(as_float) < float("inf"):  # would become inf
-            text = repr(value) if len(repr(value)) < 30 else repr(value)[:12] + f"... ({len(repr(value))} digits)"
+            text = str(value) if len(str(value)) <= 50 else str(value)[:12] + f"... ({len(str(value))} digits)"
             raise ValueError(f"{where}: {text} does not fit in float32 (largest {FLOAT32_MAX:.6g})")
     return np.array(value, dtype=dtype)
 
