@@ -163,8 +163,9 @@ class Runtime {
       if (++rt.depth_ > rt.max_depth)
         throw RecursionTooDeep(format_msg(
             "recursion deeper than the budget of %ld calls (max_depth counts staged function calls active at "
-            "once: recursive calls, and loop iterations under value_and_grad; a call made from a continuation "
-            "nests inside the calls before it, so under value_and_grad a binary tree of n levels can need 2n)",
+            "once, which is more than the recursion depth: a call made from a continuation nests inside the "
+            "calls before it; under value_and_grad no call returns before the rest of the forward pass has run, "
+            "so it is every call of the forward pass: one per tree node, one per loop iteration)",
             rt.max_depth));
       if (rt.stack_ && &probe - static_cast<char*>(rt.stack_) < kReserve)
         throw RecursionTooDeep(format_msg("recursion too deep: stack of %zu MiB used up at depth %ld",

@@ -118,13 +118,14 @@ class EntryPoint:
         if missing:
             raise TypeError(f"{self.name}() missing argument(s) {', '.join(map(repr, missing))}; expected {self.signature()}")
         arrays = [check_arg(self.name, s, values[s.name]) for s in specs]
-        for k, (holder, shape, dtype) in enumerate(self.captures):
+        for holder, shape, dtype in self.captures:
             array = holder.lantern_array() if hasattr(holder, "lantern_array") else holder
-            # Every call: an array can be resized, reshaped, re-typed or made
-            # read-only in place (`a.resize(...)`, `a.shape = ...`, `a.dtype = ...`)
-            # and stay the same object.  A few attribute reads (~0.3 us).
-            if not (type(array) is np.ndarray and array.shape == shape and array.dtype == dtype
-                    and array.flags.c_contiguous and array.flags.writeable):
+            # Every call: an array can be resized, reshaped or re-typed in place
+            # (`a.resize(...)`, `a.shape = ...`, `a.dtype = ...`) and stay the same
+            # object.  Its layout and writability are checked by call_raw's
+            # from_buffer; here shape and dtype (identity: numpy's builtin dtypes
+            # are singletons; anything else takes the full check).
+            if type(array) is not np.ndarray or array.dtype is not dtype or array.shape != shape:
                 check_captured(self.name, holder, shape, dtype)
             arrays.append(array)
         return arrays
@@ -140,7 +141,15 @@ class EntryPoint:
     def call_raw(self, arrays: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
         ffi = self.library.ffi
         # from_buffer: a pointer to the array's data, 5x cheaper than .ctypes.data
-        in_ptrs = ffi.new("void*[]", [ffi.from_buffer(a) for a in arrays] or [ffi.NULL])
+        n = len(self.inputs)
+        try:  # captured arrays (after the inputs) are written in place: C-contiguous and writable
+            ptrs = [ffi.from_buffer(a) for a in arrays[:n]] + [ffi.from_buffer(a, require_writable=True)
+                                                               for a in arrays[n:]]
+        except (ValueError, TypeError, BufferError):
+            for holder, shape, dtype in self.captures:
+                check_captured(self.name, holder, shape, dtype)
+            raise
+        in_ptrs = ffi.new("void*[]", ptrs or [ffi.NULL])
         lens = ffi.new("int64_t[]", [a.shape[0] if a.ndim == 1 else 0 for a in arrays] or [0])
         out_ptrs = ffi.new("void*[]", [ffi.from_buffer(o) for o in outs] or [ffi.NULL])
         status = ffi.new("lt_status*")

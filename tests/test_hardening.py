@@ -549,27 +549,29 @@ def test_package_entries_named_like_runtime_symbols_work(package):
 
 
 # ---------------------------------------------------------------- 20. what max_depth counts
-def test_max_depth_error_says_what_it_counts():
-    @lt.compile(max_depth=40)
-    def f(lch: lt.IntArray, rch: lt.IntArray, x: lt.Tensor[2]):
-        def loss(x):
-            @lt.recursive
-            def node(i):
-                return lt.cond(lch[i] < 0, lambda: lt.sum(x * x), lambda: node(lch[i]) + node(rch[i]))
-            return node(0)
-        return lt.value_and_grad(loss)(x)
+def test_max_depth_counts_every_call_of_the_forward_pass_under_grad_and_says_so():
+    def make(max_depth, grad):
+        @lt.compile(max_depth=max_depth)
+        def f(lch: lt.IntArray, rch: lt.IntArray, x: lt.Tensor[2]):
+            def loss(x):
+                @lt.recursive
+                def node(i):
+                    return lt.cond(lch[i] < 0, lambda: lt.sum(x * x), lambda: node(lch[i]) + node(rch[i]))
+                return node(0)
+            return lt.value_and_grad(loss)(x) if grad else loss(x)
+        return f
 
-    def left_chain(levels):
-        """Node 2k has children 2k+1 (a leaf) and 2k+2: `levels` inner nodes deep."""
-        n = 2 * levels + 1
-        lch, rch = np.full(n, -1, np.int32), np.full(n, -1, np.int32)
-        for k in range(levels):
-            lch[2 * k], rch[2 * k] = 2 * k + 2, 2 * k + 1
-        return lch, rch
-
+    n = 31  # a perfect binary tree of 5 levels, heap layout
+    lch = np.array([2 * i + 1 if 2 * i + 1 < n else -1 for i in range(n)], np.int32)
+    rch = np.array([2 * i + 2 if 2 * i + 2 < n else -1 for i in range(n)], np.int32)
     x = np.ones(2, np.float32)
-    value, grad = f(*left_chain(15), x)  # 16 levels: up to 32 nested calls
-    assert float(value) == 2.0 * 16 and np.allclose(grad, 2 * 16 * x)
-    with pytest.raises(RecursionError, match=r"budget of 40 calls \(max_depth counts staged function calls active "
-                                             r"at once.*binary tree of n levels can need 2n\)"):
-        f(*left_chain(25), x)
+    # without grad: right children are called from continuations, nested inside their left siblings' calls
+    assert float(make(9, grad=False)(lch, rch, x)) == 32.0
+    with pytest.raises(RecursionError, match="budget of 8 calls"):
+        make(8, grad=False)(lch, rch, x)
+    value, g = make(31, grad=True)(lch, rch, x)  # under grad: all 31 calls at once
+    assert float(value) == 32.0 and np.allclose(g, 2 * 16 * x)
+    with pytest.raises(RecursionError, match=r"budget of 30 calls \(max_depth counts staged function calls active "
+                                             r"at once, which is more than the recursion depth: .* under "
+                                             r"value_and_grad .* one per tree node, one per loop iteration\)"):
+        make(30, grad=True)(lch, rch, x)
