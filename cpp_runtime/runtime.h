@@ -2,8 +2,13 @@
 // function references for continuations, and the entry-point runner that
 // turns C++ errors into a status the Python loader raises.
 #pragma once
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <ucontext.h>
+#include <unistd.h>
+
+#include <csignal>
 
 #include <cstdint>
 #include <cstring>
@@ -24,7 +29,7 @@ extern "C" {
 // Shared with the cffi cdef in lantern_stage/runtime.py.
 typedef struct {
   int64_t peak_bytes;
-  int32_t kind;  // 0 ok, 1 error, 2 index error, 3 out of memory, 4 recursion too deep
+  int32_t kind;  // 0 ok, 1 error, 2 index error, 3 out of memory, 4 recursion too deep, 5 interrupted
   char message[512];
 } lt_status;
 }
@@ -57,6 +62,52 @@ class RecursionTooDeep : public Error {
   using Error::Error;
 };
 
+class Interrupted : public Error {
+ public:
+  using Error::Error;
+};
+
+// Ctrl-C during a call.  Python handles SIGINT only between bytecodes, never
+// inside a C call, so while a call from the main thread runs (where Python
+// handles signals) this module's handler replaces Python's and sets a flag;
+// loop back-edges and staged-function entries poll it (one load, one
+// predictable branch) and unwind through the ordinary error path.  Static: one
+// flag per module, whose calls are serialised by the loader's lock.
+namespace {
+volatile std::sig_atomic_t interrupted = 0;
+extern "C" void lt_on_sigint(int) { interrupted = 1; }
+}  // namespace
+
+inline void poll_interrupt() {
+  if (__builtin_expect(interrupted, 0)) throw Interrupted("interrupted (SIGINT)");
+}
+
+// Installs lt_on_sigint for one call when the caller is the main thread and
+// SIGINT has a handler (Python's); ignored or default SIGINT is left alone.
+class SigintScope {
+ public:
+  SigintScope() {
+    interrupted = 0;
+    if (syscall(SYS_gettid) != getpid()) return;
+    if (sigaction(SIGINT, nullptr, &saved_) != 0) return;
+    bool plain = !(saved_.sa_flags & SA_SIGINFO);
+    if (plain && (saved_.sa_handler == SIG_IGN || saved_.sa_handler == SIG_DFL)) return;
+    struct sigaction mine {};
+    mine.sa_handler = lt_on_sigint;
+    sigemptyset(&mine.sa_mask);
+    active_ = sigaction(SIGINT, &mine, nullptr) == 0;
+  }
+  ~SigintScope() {
+    if (active_) sigaction(SIGINT, &saved_, nullptr);
+  }
+  SigintScope(const SigintScope&) = delete;
+  SigintScope& operator=(const SigintScope&) = delete;
+
+ private:
+  struct sigaction saved_ {};
+  bool active_ = false;
+};
+
 class Runtime {
  public:
   Runtime() { scipy_openblas_set_num_threads(1); }
@@ -75,6 +126,7 @@ class Runtime {
   int run(lt_status* status, bool deep, F&& body) {
     status->kind = 0;
     status->message[0] = '\0';
+    SigintScope sigint;
     try {
       arena.reserve(arena_bytes);
       arena.release(0);
@@ -84,6 +136,8 @@ class Runtime {
         run_on_stack(body);
       else
         body();
+    } catch (const Interrupted& e) {
+      set(status, 5, e.what());
     } catch (const RecursionTooDeep& e) {
       set(status, 4, e.what());
     } catch (const IndexError& e) {
@@ -99,13 +153,20 @@ class Runtime {
   }
 
   // Entered by every staged function call: bounds recursion by a depth budget
-  // and by the stack left, so running out is an exception, not a crash.
+  // and by the stack left, so running out is an exception, not a crash; and
+  // stops at Ctrl-C.
   class Frame {
    public:
     explicit Frame(Runtime& rt) : rt_(rt) {
       char probe;
+      poll_interrupt();
       if (++rt.depth_ > rt.max_depth)
-        throw RecursionTooDeep(format_msg("recursion deeper than the budget of %ld calls", rt.max_depth));
+        throw RecursionTooDeep(format_msg(
+            "recursion deeper than the budget of %ld calls (max_depth counts staged function calls active at "
+            "once, which is more than the recursion depth: a call made from a continuation nests inside the "
+            "calls before it; under value_and_grad no call returns before the rest of the forward pass has run, "
+            "so it is every call of the forward pass: one per tree node, one per loop iteration)",
+            rt.max_depth));
       if (rt.stack_ && &probe - static_cast<char*>(rt.stack_) < kReserve)
         throw RecursionTooDeep(format_msg("recursion too deep: stack of %zu MiB used up at depth %ld",
                                           rt.stack_bytes_ >> 20, rt.depth_));

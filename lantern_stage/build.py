@@ -1,9 +1,17 @@
 """Compiling generated C++ into a shared library, with a content-hash cache.
 
-Key = generated source + compiler command + every runtime header + package
-version.  Per-key file lock, write to a temporary name then rename (atomic),
-an in-process table of loaded libraries.  `LANTERN_CACHE_DIR` moves the cache
-(default ~/.cache/lantern_stage); `LANTERN_CACHE=0` disables reuse.
+Key = generated source + compiler command (as configured: `CXX` or "g++",
+so a cache hit needs no compiler on the machine) + every runtime header +
+package version.  Per-key file lock, write to a temporary name then rename
+(atomic), an in-process table of loaded libraries.  `LANTERN_CACHE_DIR` moves
+the cache (default ~/.cache/lantern_stage); `LANTERN_CACHE=0` disables reuse.
+
+Every library is written with the sha256 of its bytes beside it
+(`module.so.sha256`) and checked against it before it is loaded: a truncated
+or overwritten library would crash `dlopen` (SIGBUS, SIGSEGV), so a damaged
+entry is rebuilt instead, with a warning.  `LANTERN_COMPILE_TIMEOUT` (seconds)
+bounds both the compiler run and the wait for another process's compile of
+the same key.
 """
 from __future__ import annotations
 
@@ -11,16 +19,23 @@ import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
+import time
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .paths import RUNTIME_DIR
 
+LOCK_NOTICE_SECONDS = 3.0  # how long a wait for another compile goes unannounced
+LOCK_POLL_SECONDS = 0.05
+
 
 class CompileError(Exception):
-    """The C++ compiler is missing or rejected the generated code."""
+    """The C++ compiler is missing, rejected the generated code, or timed out."""
 
 
 def cache_dir() -> Path:
@@ -33,8 +48,12 @@ def openblas():
     return ob.get_include_dir(), ob.get_lib_dir(), ob.get_library()
 
 
+def compiler_name() -> str:
+    return os.environ.get("CXX", "g++")
+
+
 def compiler() -> str:
-    cxx = os.environ.get("CXX", "g++")
+    cxx = compiler_name()
     found = shutil.which(cxx)
     if not found:
         raise CompileError(
@@ -43,6 +62,20 @@ def compiler() -> str:
             + ": install g++ (e.g. `apt-get install g++`) or point CXX at a C++17 compiler"
         )
     return found
+
+
+def compile_timeout() -> float | None:
+    """LANTERN_COMPILE_TIMEOUT in seconds, or None (no limit)."""
+    text = os.environ.get("LANTERN_COMPILE_TIMEOUT", "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise CompileError(f"LANTERN_COMPILE_TIMEOUT={text!r} is not a positive number of seconds")
+    return value
 
 
 def compile_command(cxx: str, src: Path, out: Path) -> list[str]:
@@ -74,41 +107,149 @@ def cache_key(source: str, cxx: str) -> str:
     return h.hexdigest()[:32]
 
 
+def file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest_path(so: Path) -> Path:
+    return so.with_name(so.name + ".sha256")
+
+
+def library_problem(so: Path) -> str | None:
+    """Why the cached library `so` must not be loaded, or None when its bytes
+    are the ones written (its sha256 matches the one recorded beside it)."""
+    try:
+        recorded = _digest_path(so).read_text().strip()
+    except OSError:
+        return "its content hash (module.so.sha256) is missing"
+    try:
+        actual = file_digest(so)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if actual != recorded:
+        return "its content does not match the hash recorded when it was written (truncated or overwritten?)"
+    return None
+
+
+def _reuse() -> bool:
+    return os.environ.get("LANTERN_CACHE", "1") != "0"
+
+
 def build(source: str) -> Path:
     """The path of a shared library built from `source`, compiled at most once."""
-    cxx = compiler()
-    key = cache_key(source, cxx)
+    key = cache_key(source, compiler_name())
     root = cache_dir()
     folder = root / key
     so = folder / "module.so"
-    if so.exists() and os.environ.get("LANTERN_CACHE", "1") != "0":
-        return so
+    damaged = None
+    if so.exists() and _reuse():
+        damaged = library_problem(so)
+        if damaged is None:
+            return so
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CompileError(f"cannot create the compile cache {folder}: {e}; set LANTERN_CACHE_DIR") from None
-    with open(root / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if so.exists() and os.environ.get("LANTERN_CACHE", "1") != "0":
-            return so
+    timeout = compile_timeout()
+    with open(root / f"{key}.lock", "a+") as lock:
+        waited = _acquire(lock, key, timeout)
+        _remove_orphans(folder)
+        if so.exists() and _reuse():  # built by another process while we waited, or damaged
+            damaged = library_problem(so)
+            if damaged is None:
+                return so
+        if damaged:
+            warnings.warn(f"lantern_stage: the cached library {so} is damaged: {damaged}; rebuilding it",
+                          RuntimeWarning, stacklevel=3)
+        cxx = compiler()
         src = folder / "module.cpp"
         src.write_text(source)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".so.part", dir=folder)
         os.close(fd)
         cmd = compile_command(cxx, src, Path(tmp))
+        left = None if timeout is None else max(timeout - waited, 0.1)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=left)
         except OSError as e:
             os.unlink(tmp)
             raise CompileError(f"cannot run the C++ compiler {cxx}: {e}") from None
+        except subprocess.TimeoutExpired:
+            os.unlink(tmp)
+            raise CompileError(
+                f"the C++ compiler ran longer than LANTERN_COMPILE_TIMEOUT={timeout:g} s "
+                f"(cache key {key}, source kept at {src}); raise the limit or unset it"
+            ) from None
         if proc.returncode != 0:
             os.unlink(tmp)
             raise CompileError(
                 f"C++ compilation failed (source kept at {src}):\n{_first_errors(proc.stderr)}\n"
                 f"command: {' '.join(cmd)}"
             )
+        _write_atomic(_digest_path(so), file_digest(tmp) + "\n")
         os.replace(tmp, so)
     return so
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix="tmp-", suffix=".part", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _acquire(lock, key: str, timeout: float | None) -> float:
+    """Take the per-key lock, saying after a few seconds who holds it; returns
+    the seconds waited.  The holder writes its pid, host and start time into
+    the lock file, so a waiter can name it."""
+    start = time.monotonic()
+    announced = False
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pass
+        waited = time.monotonic() - start
+        if timeout is not None and waited >= timeout:
+            raise CompileError(
+                f"waited {waited:.0f} s (LANTERN_COMPILE_TIMEOUT={timeout:g}) for the compile cache lock of key "
+                f"{key}, held by {_holder(lock)}; if that process is stuck, kill it (the lock is released "
+                "when it exits)"
+            )
+        if not announced and waited >= LOCK_NOTICE_SECONDS:
+            print(f"lantern_stage: waiting for {_holder(lock)}, which is compiling the same module "
+                  f"(cache key {key}, lock {lock.name}); set LANTERN_COMPILE_TIMEOUT to bound the wait",
+                  file=sys.stderr, flush=True)
+            announced = True
+        time.sleep(LOCK_POLL_SECONDS)
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"{os.getpid()} {socket.gethostname()} {time.time():.0f}\n")
+    lock.flush()
+    return time.monotonic() - start
+
+
+def _holder(lock) -> str:
+    try:
+        lock.seek(0)
+        pid, host, since = lock.read().split()[:3]
+        return f"process {pid} on {host} (since {time.strftime('%H:%M:%S', time.localtime(int(since)))})"
+    except (OSError, ValueError):
+        return "another process"
+
+
+def _remove_orphans(folder: Path) -> None:
+    """Temporary files of compiles that were killed (SIGKILL, power loss):
+    called under the key's lock, so no live compile owns them."""
+    for path in folder.glob("tmp*"):
+        try:
+            path.unlink()
+        except OSError:
+            pass
 
 
 def _first_errors(stderr: str, limit: int = 30) -> str:

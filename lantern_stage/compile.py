@@ -3,6 +3,7 @@ build it, and call it with numpy arrays."""
 from __future__ import annotations
 
 import functools
+import numbers
 
 from .build import build
 from .passes import run_passes
@@ -18,9 +19,11 @@ class CompiledFunction:
     def __init__(self, fn, name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH):
         functools.update_wrapper(self, fn)
         self.fn = fn
+        if name is not None and (not isinstance(name, str) or not name):
+            raise TypeError(f"lt.compile: name must be a non-empty string, got {name!r}")
         self.name = name or fn.__name__
-        self.arena_bytes = arena_bytes
-        self.max_depth = max_depth
+        self.arena_bytes = _option("arena_bytes", arena_bytes, 1, "a number of bytes, e.g. 1 << 30")
+        self.max_depth = _option("max_depth", max_depth, 0, "a number of recursion levels")
         self._program = None
         self._source = None
         self._entry = None
@@ -64,6 +67,15 @@ class CompiledFunction:
 
     def __call__(self, *args, **kwargs):
         return self.entry(*args, **kwargs)
+
+
+def _option(name: str, value, low: int, what: str) -> int:
+    """An integer option that C++ receives as int64: checked here, not at the first call."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"lt.compile: {name} must be an int ({what}), got {type(value).__name__} {value!r}")
+    if not low <= int(value) < 2**63:
+        raise ValueError(f"lt.compile: {name}={value} is out of range [{low}, 2**63)")
+    return int(value)
 
 
 def compile(fn=None, *, name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH):  # noqa: A001

@@ -15,7 +15,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import api as F
-from .nn.module import Parameter
+from .nn.module import Parameter, copy_state, raise_state_problems, state_problems
 from .ops.registry import as_rep
 from .staging import staging_error
 
@@ -102,15 +102,11 @@ class Optimizer:
         return OrderedDict((k, s.array) for k, s in self._state.items())
 
     def load_state_dict(self, state) -> None:
-        missing = [k for k in self._state if k not in state]
-        unexpected = [k for k in state if k not in self._state]
-        if missing or unexpected:
-            raise KeyError(f"{type(self).__name__}.load_state_dict: missing {missing}, unexpected {unexpected}")
-        for k, s in self._state.items():
-            src = np.asarray(state[k])
-            if src.shape != s.array.shape:
-                raise ValueError(f"{type(self).__name__}.load_state_dict: {k} has shape {src.shape}, expected {s.array.shape}")
-            np.copyto(s.array, src, casting="same_kind")
+        """Copy into the live state arrays; checked whole first, so on any
+        mismatch (another optimizer's state, say) nothing changes."""
+        own = self.state_dict()
+        raise_state_problems(f"{type(self).__name__}.load_state_dict", *state_problems(own, state))
+        copy_state(own, state)
 
     # ------------------------------------------------------------ staged update
     def update(self, grads) -> None:

@@ -27,9 +27,10 @@ import jinja2
 import numpy as np
 
 from . import __version__
-from .build import compile_command, openblas
+from .build import compile_command, file_digest, openblas
 from .export import Bundle, Entry
 from .paths import RUNTIME_DIR, TEMPLATE_DIR
+from .runtime import save_arrays
 
 _ENV = jinja2.Environment(
     loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
@@ -118,6 +119,13 @@ def _json_text(data) -> str:
                   text) + "\n"
 
 
+def _free_name(name: str, taken: list[str]) -> str:
+    """`name`, or `name` with underscores appended, so no argument shadows it."""
+    while name in taken:
+        name += "_"
+    return name
+
+
 def _pydoc(text: str) -> str:
     """Text safe inside a generated triple-quoted docstring."""
     return text.replace("\\", "\\\\").replace('"""', "'''")
@@ -128,7 +136,8 @@ def write_package(bundle: Bundle, folder: Path, name: str, library: Path) -> Non
     manifest = bundle.manifest(name)
     try:
         shutil.copyfile(library, folder / manifest["library"])
-        np.savez(folder / manifest["state_file"], **{k: np.array(a) for k, a in bundle.state.items()})
+        manifest["library_sha256"] = file_digest(folder / manifest["library"])
+        save_arrays(folder / manifest["state_file"], bundle.state)
     except OSError as e:
         raise OutputError(f"cannot write into {folder}: {e.strerror or e}") from None
     _write(folder / manifest["source"], bundle.cpp_source)
@@ -136,9 +145,11 @@ def write_package(bundle: Bundle, folder: Path, name: str, library: Path) -> Non
     _write(folder / "_runtime.py", f"# Copied from lantern_stage {__version__} (lantern_stage/runtime.py).\n" + runtime)
     _write(folder / "manifest.json", _json_text(manifest))
     entries = [dict(name=e["name"], kind=e["kind"], signature=e["signature"], doc=_pydoc(e["doc"]),
-                    args=[i["name"] for i in e["inputs"]]) for e in manifest["entries"]]
+                    args=[i["name"] for i in e["inputs"]], table=_free_name("_ENTRIES", [i["name"] for i in e["inputs"]]))
+               for e in manifest["entries"]]
     _write(folder / "__init__.py", _ENV.get_template("package_init.py.j2").render(
-        name=name, version=__version__, model_file=_pydoc(str(bundle.model_file)), entries=entries))
+        name=name, version=__version__, model_file=_pydoc(str(bundle.model_file)), entries=entries,
+        rebuild=repr(f"rebuild the package with `lantern compile {bundle.model_file} --name {name}`")))
 
 
 # ------------------------------------------------------------------ the standalone program

@@ -2,8 +2,9 @@
 function on staged inputs; `render_module` turns programs into C++."""
 from __future__ import annotations
 
+import hashlib
 import inspect
-import keyword
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -29,8 +30,12 @@ class Program:
     captures: list = field(default_factory=list)  # (holder, Var): arrays passed by pointer
 
     @property
+    def c_name(self) -> str:
+        return c_identifier(self.name)
+
+    @property
     def symbol(self) -> str:
-        return f"lantern_{self.name}"
+        return f"lantern_{self.c_name}"
 
     @property
     def deep(self) -> bool:
@@ -62,11 +67,32 @@ def input_specs(fn) -> list[tuple[str, object]]:
     return specs
 
 
+# Symbols every module defines itself besides lantern_<entry>.
+RUNTIME_SYMBOLS = frozenset({"configure"})
+
+
+def c_identifier(name: str) -> str:
+    """The C++ name of a Python-facing name: itself when it is a plain ASCII
+    identifier that no runtime symbol uses; otherwise its ASCII letters and
+    digits with a hash of the whole name appended, so that "my-model",
+    "two words", "<lambda>", "módulo" and "configure" all compile and
+    distinct names stay distinct."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) and name not in RUNTIME_SYMBOLS:
+        return name
+    plain = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_") or "entry"
+    if plain[0].isdigit():
+        plain = "n" + plain
+    return f"{plain}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def c_comment(text: str) -> str:
+    """Text safe in a C++ line comment (no newline, no trailing backslash)."""
+    return json.dumps(text, ensure_ascii=False)[1:-1] + ("." if text.endswith("\\") else "")
+
+
 def c_name(name: str) -> str:
-    name = re.sub(r"\W", "_", name)
-    if not name or name[0].isdigit() or keyword.iskeyword(name):
-        name = "_" + name
-    return "in_" + name
+    """The C++ name of an input (a Python parameter name)."""
+    return "in_" + c_identifier(name)
 
 
 def make_input(b: Builder, name: str, type_) -> tuple[ArgSpec, ir.Var]:
@@ -130,7 +156,8 @@ def render_module(programs: list[Program]) -> str:
     kernels = LoopKernels()
     for p in programs:
         entries.append(dict(
-            name=p.name,
+            name=p.c_name,
+            label=c_comment(p.name),
             symbol=p.symbol,
             signature=", ".join(f"{s.name}: {s.describe()}" for s, _ in p.inputs)
             + "".join(f"; captured {v.name}: {v.type}" for _, v in p.captures),

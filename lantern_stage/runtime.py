@@ -1,8 +1,11 @@
 """Loading compiled modules through cffi and calling their entry points.
 
-Every argument is checked (dtype, shape, contiguity) before it reaches C++;
-outputs are numpy arrays allocated here and written by C++ in place; a C++
-error comes back as a status and is raised as a Python exception.
+Every argument is checked (dtype, shape, contiguity, value range) before it
+reaches C++, and so is every captured array at every call (it may have been
+resized, reshaped or re-typed in place since the last one); outputs are numpy
+arrays allocated here and written by C++ in place; a C++ error comes back as
+a status and is raised as a Python exception (SIGINT during a call: status 5,
+KeyboardInterrupt).
 This module needs only numpy and cffi, so compiled packages can use it
 without the rest of lantern_stage.
 """
@@ -31,7 +34,9 @@ class LanternRuntimeError(RuntimeError):
     """An error raised by compiled code."""
 
 
-_ERRORS = {1: LanternRuntimeError, 2: IndexError, 3: ArenaExhausted, 4: RecursionError}
+_ERRORS = {1: LanternRuntimeError, 2: IndexError, 3: ArenaExhausted, 4: RecursionError, 5: KeyboardInterrupt}
+INT32_MAX = 2**31 - 1
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,7 @@ class EntryPoint:
         self.arena_bytes = arena_bytes
         self.max_depth = max_depth
         # (holder, shape, dtype): arrays read through `holder` at every call
-        self.captures = list(captures)
-        self._checked = [None] * len(self.captures)  # the array last checked per capture
+        self.captures = [(holder, tuple(shape), np.dtype(dtype)) for holder, shape, dtype in captures]
         self.last_peak_bytes = 0
         self._fn = getattr(library.lib, symbol)
 
@@ -114,11 +118,15 @@ class EntryPoint:
         if missing:
             raise TypeError(f"{self.name}() missing argument(s) {', '.join(map(repr, missing))}; expected {self.signature()}")
         arrays = [check_arg(self.name, s, values[s.name]) for s in specs]
-        for k, (holder, shape, dtype) in enumerate(self.captures):
+        for holder, shape, dtype in self.captures:
             array = holder.lantern_array() if hasattr(holder, "lantern_array") else holder
-            if array is not self._checked[k]:  # the same array as last call passed then
+            # Every call: an array can be resized, reshaped or re-typed in place
+            # (`a.resize(...)`, `a.shape = ...`, `a.dtype = ...`) and stay the same
+            # object.  Its layout and writability are checked by call_raw's
+            # from_buffer; here shape and dtype (identity: numpy's builtin dtypes
+            # are singletons; anything else takes the full check).
+            if type(array) is not np.ndarray or array.dtype is not dtype or array.shape != shape:
                 check_captured(self.name, holder, shape, dtype)
-                self._checked[k] = array
             arrays.append(array)
         return arrays
 
@@ -133,7 +141,15 @@ class EntryPoint:
     def call_raw(self, arrays: list[np.ndarray], outs: list[np.ndarray]) -> list[np.ndarray]:
         ffi = self.library.ffi
         # from_buffer: a pointer to the array's data, 5x cheaper than .ctypes.data
-        in_ptrs = ffi.new("void*[]", [ffi.from_buffer(a) for a in arrays] or [ffi.NULL])
+        n = len(self.inputs)
+        try:  # captured arrays (after the inputs) are written in place: C-contiguous and writable
+            ptrs = [ffi.from_buffer(a) for a in arrays[:n]] + [ffi.from_buffer(a, require_writable=True)
+                                                               for a in arrays[n:]]
+        except (ValueError, TypeError, BufferError):
+            for holder, shape, dtype in self.captures:
+                check_captured(self.name, holder, shape, dtype)
+            raise
+        in_ptrs = ffi.new("void*[]", ptrs or [ffi.NULL])
         lens = ffi.new("int64_t[]", [a.shape[0] if a.ndim == 1 else 0 for a in arrays] or [0])
         out_ptrs = ffi.new("void*[]", [ffi.from_buffer(o) for o in outs] or [ffi.NULL])
         status = ffi.new("lt_status*")
@@ -175,6 +191,8 @@ def check_captured(fn_name: str, holder, shape, dtype) -> np.ndarray:
 
 def check_arg(fn_name: str, spec: ArgSpec, value) -> np.ndarray:
     where = f"{fn_name}() argument {spec.name!r}"
+    if type(value) is not np.ndarray and isinstance(value, np.ndarray) and isinstance(value, np.ma.MaskedArray):
+        raise TypeError(f"{where}: a masked array (its mask would be ignored); pass .filled(value) or .data")
     if spec.kind == "intarray":
         if not isinstance(value, np.ndarray):
             raise TypeError(f"{where}: expected a 1-D int32 numpy array, got {type(value).__name__}")
@@ -182,16 +200,14 @@ def check_arg(fn_name: str, spec: ArgSpec, value) -> np.ndarray:
             raise TypeError(f"{where}: expected dtype int32, got {value.dtype}")
         if value.ndim != 1:
             raise ValueError(f"{where}: expected a 1-D array, got shape {value.shape}")
+        if value.shape[0] > INT32_MAX:  # compiled code indexes it and reads .length as int32
+            raise ValueError(f"{where}: an IntArray of {value.shape[0]} elements is longer than 2**31-1")
         if not value.flags.c_contiguous:
             raise ValueError(f"{where}: array is not contiguous; pass np.ascontiguousarray(...)")
         return value
     dtype = np.dtype(spec.dtype)
-    if spec.shape == () and isinstance(value, (bool, int, float, np.generic)) and not isinstance(value, np.ndarray):
-        if dtype.kind in "iub" and not isinstance(value, (bool, int, np.integer, np.bool_)):
-            raise TypeError(f"{where}: expected an int (int32), got {type(value).__name__} {value!r}")
-        if dtype.kind == "i" and not -2**31 <= int(value) < 2**31:
-            raise ValueError(f"{where}: {value} does not fit in int32")
-        return np.array(value, dtype=dtype)
+    if spec.shape == () and not isinstance(value, np.ndarray) and isinstance(value, (bool, int, float, complex, np.generic)):
+        return _scalar(where, dtype, value)
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{where}: expected a numpy array {spec.describe()}, got {type(value).__name__}")
     if value.dtype != dtype:
@@ -200,4 +216,101 @@ def check_arg(fn_name: str, spec: ArgSpec, value) -> np.ndarray:
         raise ValueError(f"{where}: expected shape {tuple(spec.shape)}, got {value.shape}")
     if not value.flags.c_contiguous:
         raise ValueError(f"{where}: array is not C-contiguous; pass np.ascontiguousarray(...)")
+    if dtype.kind == "b" and value.size and value.view(np.uint8).max() > 1:
+        # A uint8 buffer viewed as bool: C++ would add its raw bytes.  numpy
+        # reads any nonzero byte as True; so does the copy passed instead.
+        value = value.view(np.uint8) != 0
     return value
+
+
+def _scalar(where: str, dtype: np.dtype, value) -> np.ndarray:
+    """A Python or numpy scalar for a 0-d input, converted only when exact
+    enough: no strings, no complex, nothing out of the dtype's range."""
+    if isinstance(value, (complex, np.complexfloating)):
+        raise TypeError(f"{where}: expected a real number, got complex {value!r} (its imaginary part would be dropped)")
+    if not isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+        raise TypeError(f"{where}: expected a number or a 0-d numpy array, got {type(value).__name__} {value!r}")
+    if dtype.kind in "iub" and not isinstance(value, (bool, int, np.integer, np.bool_)):
+        raise TypeError(f"{where}: expected an int ({dtype}), got {type(value).__name__} {value!r}")
+    if dtype.kind == "i" and not -2**31 <= int(value) < 2**31:
+        raise ValueError(f"{where}: {value} does not fit in int32")
+    if dtype.kind == "f":
+        try:
+            as_float = float(value)
+        except OverflowError:  # a Python int beyond float64
+            as_float = None
+        if as_float is None or FLOAT32_MAX < abs(as_float) < float("inf"):  # would become inf
+            text = str(value) if len(str(value)) <= 50 else str(value)[:12] + f"... ({len(str(value))} digits)"
+            raise ValueError(f"{where}: {text} does not fit in float32 (largest {FLOAT32_MAX:.6g})")
+    return np.array(value, dtype=dtype)
+
+
+# ---------------------------------------------------------------- checkpoint files
+# Here, not in train.py, because compiled packages (which have only this file)
+# save and load the same way.
+def save_arrays(path, arrays: dict) -> None:
+    """Write `arrays` (name -> array) as an .npz file at exactly `path`,
+    atomically: a temporary file beside it, flushed and fsynced, then renamed
+    over it.  A process killed while saving leaves the previous file intact."""
+    import os
+    import tempfile
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **{k: np.array(v) for k, v in arrays.items()})
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it; mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # the rename itself survives a power loss once the folder is synced
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def read_arrays(path) -> dict:
+    """name -> array from an .npz file written by `save_arrays` (or np.savez).
+    `path` without its ".npz" is found too.  Anything else -- a .npy file, a
+    truncated or corrupt file -- is a ValueError naming the file; arrays with
+    NaN or Inf give one warning naming them."""
+    import os
+    import warnings
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.exists(path) and os.path.exists(path + ".npz"):
+        path += ".npz"
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file {path!r}")
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, "files"):
+            raise ValueError("it holds one array (.npy), not a checkpoint (.npz) of named arrays")
+        with f:
+            arrays = {k: f[k] for k in f.files}
+    except ValueError as e:
+        raise ValueError(f"{path} is not a readable checkpoint: {e}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:  # truncated, overwritten, not a zip
+        raise ValueError(f"{path} is not a readable checkpoint (a truncated or corrupt .npz?): {e}") from None
+    except Exception as e:  # zlib.error and friends from a damaged member
+        raise ValueError(f"{path} is not a readable checkpoint (a corrupt .npz?): {type(e).__name__}: {e}") from None
+    bad = [k for k, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        warnings.warn(f"checkpoint {path}: non-finite values (NaN or Inf) in {', '.join(bad)}", RuntimeWarning,
+                      stacklevel=3)
+    return arrays

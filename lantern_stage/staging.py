@@ -61,8 +61,9 @@ class Builder:
 
     # ------------------------------------------------------------ names, vars
     def fresh(self, prefix: str) -> str:
+        """A new C++ name; `prefix` may be any Python name (a lambda's "<lambda>", "módulo")."""
         self._counter += 1
-        return f"{prefix}{self._counter}"
+        return f"{_identifier(prefix)}{self._counter}"
 
     def new_var(self, type_, prefix: str = "t") -> ir.Var:
         if isinstance(type_, IntArrayType):
@@ -152,7 +153,8 @@ def captured_array(holder):
 
 
 def _identifier(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name)
+    """ASCII letters, digits and underscores only: g++ needs nothing else."""
+    return "".join(c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in name)
 
 
 _BUILDERS: list[Builder] = []

@@ -29,11 +29,11 @@ import numpy as np
 from .autodiff import value_and_grad
 from .compile import CompiledFunction
 from .generator import Generator
-from .nn.module import Module, bind
+from .nn.module import Module, bind, copy_state, raise_state_problems, state_problems
 from .optim import Optimizer, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 from .passes import run_passes
 from .program import input_specs, stage
-from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH
+from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH, read_arrays, save_arrays
 
 
 def _data_inputs(loss_fn):
@@ -128,25 +128,36 @@ class TrainStep(CompiledFunction):
         return out
 
     def load_state_dict(self, state) -> None:
+        """Copy a state_dict in place.  The whole of it is checked first (keys,
+        shapes, dtypes of model, optimizer and generator parts); on any
+        mismatch nothing changes and the error lists every one."""
         parts: dict[str, dict] = {"model": {}, "optimizer": {}, "rng": {}}
+        foreign = []
         for k, v in state.items():
             head, _, rest = k.partition(".")
-            if head not in parts:
-                raise KeyError(f"load_state_dict: unexpected key {k!r}")
-            parts[head][rest] = v
+            if head in parts:
+                parts[head][rest] = v
+            else:
+                foreign.append(k)
         gens = self.generators
-        if sorted(parts["rng"]) != [str(i) for i in range(len(gens))]:
-            raise KeyError(f"load_state_dict: expected {len(gens)} generator state(s), got keys {sorted(parts['rng'])}")
-        self.model.load_state_dict(parts["model"])
-        self.optimizer.load_state_dict(parts["optimizer"])
-        for i, g in enumerate(gens):
-            g.set_state(parts["rng"][str(i)])
+        owners = [("model.", self.model.state_dict()), ("optimizer.", self.optimizer.state_dict()),
+                  ("rng.", OrderedDict((str(i), g.state) for i, g in enumerate(gens)))]
+        missing, unexpected, wrong = [], list(foreign), []
+        for (prefix, own), part in zip(owners, parts.values()):
+            m, u, w = state_problems(own, part, prefix)
+            missing += m
+            unexpected += u
+            wrong += w
+        raise_state_problems("load_state_dict", missing, unexpected, wrong)
+        for (_, own), part in zip(owners, parts.values()):
+            copy_state(own, part)
 
     def save(self, path) -> None:
-        """Write the state_dict to an .npz file."""
+        """Write the state_dict to an .npz file at `path`, atomically."""
         save(self.state_dict(), path)
 
     def load(self, path) -> None:
+        """Load a checkpoint written by `save` (all of it, or nothing on a mismatch)."""
         self.load_state_dict(load(path))
 
 
@@ -160,11 +171,13 @@ def train_step(model, loss_fn, optimizer, clip_grad_norm=None, clip_grad_value=N
 
 
 def save(state: dict, path) -> None:
-    """Write a dict of arrays (a state_dict) to an .npz file."""
-    np.savez(path, **{k: np.array(v) for k, v in state.items()})
+    """Write a dict of arrays (a state_dict) to an .npz file at exactly `path`
+    (no suffix added), atomically: temporary file, fsync, rename."""
+    save_arrays(path, state)
 
 
 def load(path) -> "OrderedDict[str, np.ndarray]":
-    """Read a dict of arrays written by `save`."""
-    with np.load(path) as f:
-        return OrderedDict((k, f[k]) for k in f.files)
+    """Read a dict of arrays written by `save` (`path` or `path`.npz).  A file
+    that is not such a checkpoint is a ValueError naming it; NaN or Inf in it
+    gives a warning naming the arrays."""
+    return OrderedDict(read_arrays(path))

@@ -7,6 +7,7 @@ data such as tree children).
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from math import prod
 
@@ -74,6 +75,9 @@ class _TensorAnnotation(type):
         dtype = "float32"
         if items and isinstance(items[-1], str):
             dtype, items = items[-1], items[:-1]
+        for d in items:
+            if isinstance(d, bool) or not isinstance(d, numbers.Integral):
+                raise TypeError(f"lt.Tensor[{', '.join(map(repr, items))}]: dimension {d!r} is not an int")
         return TensorType(tuple(int(d) for d in items), dtype)
 
 

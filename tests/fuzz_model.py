@@ -1,6 +1,6 @@
 """Entry points with every kind of input, compiled once by tests/test_fuzz.py
 (`lantern compile`) and fed random arguments: float, int32 index and bool
-tensors, a 0-d int, an IntArray, captured arrays, and a training step."""
+tensors, a 0-d int and a 0-d float, an IntArray, captured arrays, and a training step."""
 import numpy as np
 
 import lantern_stage as lt
@@ -21,6 +21,11 @@ def mix(x: lt.Tensor[3, 4], idx: lt.Tensor[5, "int32"], k: lt.Int, labels: lt.Te
 @lt.export
 def pick(a: lt.IntArray, i: lt.Int, v: lt.Tensor[2, 3]):
     return v * lt.cast(a[i], "float32")  # i in [0, len(a)): checked in C++
+
+
+@lt.export
+def scale(s: lt.Float, x: lt.Tensor[3]):
+    return x * s  # s: a 0-d float32, also passed as a Python or numpy scalar
 
 
 lt.manual_seed(0)

@@ -462,7 +462,7 @@ def test_compiler_failure_is_a_compile_error_with_the_kept_source(fresh_cache, m
 
 
 def test_unloadable_cached_library_says_how_to_fix_it(fresh_cache):
-    from lantern_stage.build import build
+    from lantern_stage.build import build, file_digest
 
     @lt.compile
     def f(x: lt.Tensor[3]):
@@ -470,6 +470,8 @@ def test_unloadable_cached_library_says_how_to_fix_it(fresh_cache):
 
     so = build(f.cpp_source)
     so.write_bytes(b"not a shared library")
+    # with its recorded hash updated too (else it is rebuilt: tests/test_hardening.py)
+    (so.parent / "module.so.sha256").write_text(file_digest(so))
     with pytest.raises(ImportError, match="cannot load compiled module .*Delete it .*LANTERN_CACHE_DIR"):
         f(np.zeros(3, np.float32))
 

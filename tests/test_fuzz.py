@@ -47,7 +47,7 @@ def test_random_arguments_never_crash_a_compiled_package(fuzz_package):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     what = f"crashed with signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
     assert proc.returncode == 0, f"the fuzzing process {what}:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    assert "3 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "4 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 # ====================================================================== inside the subprocess
@@ -85,7 +85,7 @@ def argument(draw, shape, dtype, bound=None):
     perturbation of one."""
     a = draw(valid_array(shape, dtype, bound))
     kind = draw(st.sampled_from(["valid"] * 4 + ["range", "dtype", "shape", "strided", "object", "readonly",
-                                                 "scalar"]))
+                                                 "scalar", "masked", "bytes", "unreal", "huge"]))
     if kind == "range" and dtype == "int32" and a.size:
         a = a.copy()
         a.reshape(-1)[draw(st.integers(0, a.size - 1))] = draw(
@@ -107,17 +107,39 @@ def argument(draw, shape, dtype, bound=None):
     elif kind == "scalar":
         a = draw(st.sampled_from([int, float, np.int64, np.float32, bool]))(
             draw(st.integers(-3, (bound or 5) + 3)))
+    elif kind == "masked":
+        a = np.ma.masked_array(a, mask=draw(hnp.arrays(np.bool_, a.shape)))
+    elif kind == "bytes" and dtype == "bool":  # a uint8 buffer viewed as bool: bytes other than 0 and 1
+        a = draw(hnp.arrays(np.uint8, shape)).view(np.bool_)
+    elif kind == "unreal":  # numbers a scalar must not silently lose part of
+        a = draw(st.sampled_from([np.str_("1.5"), "2", 1 + 2j, np.complex64(1 - 1j), b"1"]))
+    elif kind == "huge":  # beyond float32 (inf if converted), int32, or float64
+        a = draw(st.sampled_from([10**40, -10**40, 1e300, np.float64(-1e300), 10**400, 2**31, -2**31 - 1,
+                                  float("inf"), 3.4e38]))
     return a
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def fits_float32(value) -> bool:
+    try:
+        v = abs(float(value))
+    except OverflowError:
+        return False
+    return v <= FLOAT32_MAX or v == float("inf") or v != v
 
 
 def acceptable(value, shape, dtype, bound=None) -> bool:
     """Whether the loader should accept it (indices in range included)."""
-    if isinstance(value, np.ndarray):
+    if isinstance(value, np.ma.MaskedArray):
+        ok = False
+    elif isinstance(value, np.ndarray):
         ok = value.dtype == np.dtype(dtype) and value.shape == tuple(shape) and value.flags.c_contiguous
     elif shape == () and dtype == "int32" and isinstance(value, (bool, int, np.integer)):
         ok = -2**31 <= int(value) < 2**31
     elif shape == () and dtype == "float32" and isinstance(value, (bool, int, float, np.floating, np.integer)):
-        ok = True
+        ok = fits_float32(value)
     else:
         ok = False
     if ok and bound is not None:
@@ -154,7 +176,7 @@ def test_inner_mix(x, idx, k, labels, mask):
     assert ok, "an invalid call was accepted"
     x64 = np.asarray(x, np.float64)
     nll = -log_softmax(x64)[np.arange(3), labels].mean()
-    r = np.where(mask, x64[int(k)], 0.0)
+    r = np.where(mask.view(np.uint8) != 0, x64[int(k)], 0.0)  # any nonzero byte is True, as numpy reads it
     close(out, TABLE[idx] * r + nll)
     close(colsum, x64.sum(axis=0))
 
@@ -201,3 +223,26 @@ def test_inner_train_step_updates_state_only_when_it_runs(x, y):
     w, b = before["model.weight"].astype(np.float64), before["model.bias"].astype(np.float64)
     logits = np.asarray(x, np.float64) @ w.T + b
     close(loss, -log_softmax(logits)[np.arange(2), y].mean())
+
+
+@inner
+@fuzz_settings
+@given(s=st.one_of(argument((), "float32"), st.floats(allow_nan=True, allow_infinity=True), st.integers(),
+                   st.complex_numbers()),
+       x=argument((3,), "float32"))
+def test_inner_scale(s, x):
+    pkg = package()
+    ok = acceptable(s, (), "float32") and acceptable(x, (3,), "float32")
+    try:
+        out = pkg.scale(s, x)
+    except REJECTED as e:
+        event(f"rejected: {type(e).__name__}")
+        assert not ok, "a valid call was rejected"
+        message = str(e)
+        assert "argument 's'" in message or "argument 'x'" in message, message
+        return
+    event("accepted")
+    assert ok, "an invalid call was accepted"
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = np.float32(s) * np.asarray(x, np.float32)  # float32 arithmetic, as compiled
+    np.testing.assert_array_equal(out, expected)

@@ -132,6 +132,7 @@ class Renderer:
         elif isinstance(s, ir.Loop):
             self.line("while (true) {")
             self.indent += 1
+            self.line("lt::poll_interrupt();  // Ctrl-C")
             self.line("lt::ArenaScope frame(arena);")
             self.block(s.head, scoped=False)
             self.line(f"if (!{scalar_value(s.cond)}) break;")

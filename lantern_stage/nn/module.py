@@ -219,18 +219,12 @@ class Module:
 
     def load_state_dict(self, state, strict: bool = True):
         """Copy arrays into the parameters and buffers in place (compiled
-        functions keep seeing the same memory).  Returns (missing, unexpected)."""
+        functions keep seeing the same memory).  Returns (missing, unexpected).
+        Everything is checked first: on any mismatch nothing changes."""
         own = self.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        if strict and (missing or unexpected):
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        for k, dst in own.items():
-            if k in state:
-                src = np.asarray(state[k])
-                if src.shape != dst.shape:
-                    raise ValueError(f"load_state_dict: {k} has shape {src.shape}, expected {dst.shape}")
-                np.copyto(dst, src, casting="same_kind")
+        missing, unexpected, wrong = state_problems(own, state)
+        raise_state_problems("load_state_dict", missing if strict else [], unexpected if strict else [], wrong)
+        copy_state(own, state)
         return missing, unexpected
 
     def train(self, mode: bool = True) -> "Module":
@@ -259,6 +253,44 @@ class Module:
         if len(lines) == 1:
             return lines[0] + ")"
         return "\n".join(lines) + "\n)"
+
+
+def state_problems(own: dict, state, prefix: str = "") -> tuple[list, list, list]:
+    """What keeps `state` from being copied into the arrays `own` (key ->
+    live array): (missing keys, unexpected keys, descriptions of arrays whose
+    shape or dtype does not fit), keys shown with `prefix`."""
+    missing = [prefix + k for k in own if k not in state]
+    unexpected = [prefix + k for k in state if k not in own]
+    wrong = []
+    for k, dst in own.items():
+        if k not in state:
+            continue
+        src = np.asarray(state[k])
+        if src.shape != dst.shape:
+            wrong.append(f"{prefix}{k} has shape {src.shape}, expected {dst.shape}")
+        elif not np.can_cast(src.dtype, dst.dtype, casting="same_kind"):
+            wrong.append(f"{prefix}{k} has dtype {src.dtype}, expected {dst.dtype}")
+    return missing, unexpected, wrong
+
+
+def raise_state_problems(what: str, missing: list, unexpected: list, wrong: list) -> None:
+    """One error listing every problem: KeyError when keys are missing or
+    unexpected, else ValueError."""
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing or unexpected:
+        parts.append(f"missing keys {missing}, unexpected keys {unexpected}")
+    parts += wrong
+    message = f"{what}: nothing was loaded: " + "; ".join(parts)
+    raise (KeyError if missing or unexpected else ValueError)(message)
+
+
+def copy_state(own: dict, state) -> None:
+    """Copy into the live arrays in place (after `state_problems` found none)."""
+    for k, dst in own.items():
+        if k in state:
+            np.copyto(dst, np.asarray(state[k]), casting="same_kind")
 
 
 def bind(module: Module, values: dict) -> Module:
