@@ -91,12 +91,18 @@ class TrainStep(CompiledFunction):
         self.specs = input_specs(_data_inputs(loss_fn))
         for n, p in model.named_parameters():  # readable C++ names
             p.lantern_name = n
+        self._configure(accumulate, data_parallel)
+
+    def _configure(self, accumulate: int, data_parallel: bool) -> None:
+        """Set accumulation and data parallelism (before staging: `lantern run
+        --procs` turns a model file's step data-parallel this way)."""
         self.accumulate, self.data_parallel = accumulate, bool(data_parallel)
+        self._program = self._source = self._entry = None
         # Every gradient in one flat buffer: the accumulator of `accumulate`
         # and the one buffer the data-parallel all-reduce exchanges.
         self._grads = self._count = None
         if accumulate > 1 or self.data_parallel:
-            total = sum(int(np.prod(p.shape)) for p in optimizer.params)
+            total = sum(int(np.prod(p.shape)) for p in self.optimizer.params)
             self._grads = _State(np.zeros(total, np.float32), "grad_buffer")
         if accumulate > 1:
             self._count = _State(np.zeros((), np.float32), "accumulated")
@@ -170,6 +176,12 @@ class TrainStep(CompiledFunction):
         and the optimizer's state (rank 0's is broadcast when the step is built,
         and on `load`).  Generators stay per rank."""
         return list(self.model.state_dict().values()) + list(self.optimizer.state_dict().values())
+
+    @property
+    def scratch_arrays(self) -> list[np.ndarray]:
+        """The gradient buffer (and the micro-batch count): captured by the
+        step but not part of its state; checkpoints leave them out."""
+        return [h.array for h in (self._grads, self._count) if h is not None]
 
     @property
     def pending(self) -> int:
