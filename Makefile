@@ -10,10 +10,11 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-# torch==2.13.0 (CPU) is pinned in setup.py's `test` extra.
+# torch==2.13.0 (CPU) is pinned in setup.py's `test` extra; `mpi` (Open MPI
+# and mpi4py wheels) lets the tests run data-parallel steps under mpirun.
 $(STAMP): setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e '.[test]'
+	$(PY) -m pip install -e '.[test,mpi]'
 	touch $(STAMP)
 
 test: venv

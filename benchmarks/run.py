@@ -3,6 +3,7 @@
     python -m benchmarks.run [--only rnn,lstm,cnn,treelstm] [--frameworks torch,tf,...]
                              [--iters N] [--repeat R] [--quick] [--smoke]
                              [--data PATH] [--out DIR] [--probe-recompile]
+    python -m benchmarks.run --scaling [--rounds R]     data-parallel scaling (benchmarks/scaling.py)
 
 Every framework runs in its own subprocess (`benchmarks.worker`), single-threaded:
 the harness sets OMP/OPENBLAS/MKL/TF/XLA thread variables to 1 before the process
@@ -373,6 +374,11 @@ def write_charts(out: Path, summary, runs, models):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--scaling" in argv:  # data-parallel scaling: its own harness (benchmarks/scaling.py)
+        from benchmarks.scaling import harness
+
+        return harness([a for a in argv if a != "--scaling"])
     args = parse_args(argv)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     iters_default, repeat_default, warm_default = PRESETS[mode]

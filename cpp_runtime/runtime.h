@@ -20,6 +20,7 @@
 
 #include "arena.h"
 #include "blas.h"
+#include "collective.h"
 #include "error.h"
 #include "kernels.h"
 #include "math.h"
@@ -118,6 +119,7 @@ class Runtime {
   Arena arena;
   std::size_t arena_bytes = std::size_t(1) << 30;
   long max_depth = 1000000;
+  Collective collective;  // set by lantern_set_collective under MPI
   std::size_t stack_bytes_ = std::size_t(1) << 30;  // address space; pages touched on demand
 
   // Runs `body` with the arena reset; errors become `status`.  `deep` bodies

@@ -16,6 +16,6 @@ from .control import cond, fori_loop, recursive, while_loop  # noqa: F401
 from .runtime import ArenaExhausted  # noqa: F401
 from .staging import Rep, StagingError  # noqa: F401
 from .types import Float, Int, IntArray, Tensor  # noqa: F401
-from . import nn, optim  # noqa: F401,E402
+from . import distributed, nn, optim  # noqa: F401,E402
 from .train import TrainStep, load, save, train_step  # noqa: F401,E402
 from .export import export  # noqa: F401,E402

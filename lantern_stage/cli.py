@@ -4,12 +4,15 @@
     lantern compile model.py --emit-ir | --emit-cpp      print the IR or the C++ only
     lantern compile model.py --standalone                also OUT/NAME/standalone: C++ + Makefile
     lantern run model.py [--steps N] [--data PATH]       compile and train, with a progress bar
+    lantern run model.py --procs N [--hostfile F]        the same, data-parallel on N MPI processes
 
 A model file exports entry points with `lt.export` (see `lantern_stage.export`).
 Training data for `run` (and the standalone program's data/ folder) comes
 from the model file's `batches(data_path)`, if it defines one: an iterable of
 input tuples of the training entry point, given --data (or None).  Without
-it, batches are generated from the entry point's signature.
+it, batches are generated from the entry point's signature.  Under MPI
+(`--procs`, which runs mpirun itself) every rank runs this file and trains
+the step data-parallel on its shard of the batches (`rank_batches`).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import itertools
 import math
 import os
 import shutil
+import subprocess
 import sys
 import textwrap
 import time
@@ -26,7 +30,7 @@ import traceback
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .build import CompileError
 from .export import Bundle, Entry, ModelError, describe_exception, run_model_file
 from .package import OutputError, OutputFolder, loss_problem, standalone_problem, write_package, write_standalone
@@ -64,6 +68,10 @@ def load_bundle(path: str) -> tuple[Bundle, dict]:
         raise CliError(f"{path} is a folder, not a model file", EXIT_USAGE)
     with contextlib.redirect_stdout(sys.stderr):  # the model's prints stay out of --emit-cpp
         exports, namespace = run_model_file(path)
+        if distributed.world_size() > 1:  # under mpirun: every training step averages over the ranks
+            for e in exports:
+                if e.is_train_step and not e.obj.data_parallel:
+                    e.obj._configure(e.obj.accumulate, True)
         return Bundle(exports, namespace, os.path.abspath(path)), namespace
 
 
@@ -152,6 +160,24 @@ def model_batches(namespace: dict, entry: Entry, data: str | None, path: str, se
     return epochs(), f"batches({data!r}) from {os.path.basename(path)}"
 
 
+def rank_batches(batches, entry: Entry, rank: int, world: int):
+    """This rank's shard of every batch.  A batch whose tensor inputs are all
+    `world` times the entry's leading dimension (batch B for a step staged at
+    B/N) is split: rank r takes rows [r*B/N, (r+1)*B/N) of each.  Any other
+    batch (one tree, or a batch already of the staged size) is dealt whole:
+    batch i goes to rank i % world."""
+    specs = [s for s, _ in entry.program.inputs]
+    for i, batch in enumerate(batches):
+        arrays = [np.asarray(a) for a in batch]
+        tensors = [(s, a) for s, a in zip(specs, arrays) if s.kind == "tensor" and s.shape]
+        if tensors and len(arrays) == len(specs) and all(
+                a.ndim == len(s.shape) and a.shape[0] == world * s.shape[0] and a.shape[1:] == tuple(s.shape[1:])
+                for s, a in tensors):
+            yield tuple(distributed.split(a) if s.kind == "tensor" and s.shape else a for s, a in zip(specs, arrays))
+        elif i % world == rank:
+            yield batch
+
+
 # ------------------------------------------------------------------ commands
 def default_name(path: str) -> str:
     stem = os.path.splitext(os.path.basename(path))[0]
@@ -204,19 +230,61 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def mpirun_command(args, argv: list[str]) -> list[str]:
+    """The mpirun line running this same `lantern run` on --procs ranks."""
+    here = os.path.join(os.path.dirname(sys.executable), "mpirun")
+    mpirun = here if os.access(here, os.X_OK) else shutil.which("mpirun")
+    if mpirun is None:
+        raise CliError("--procs needs MPI's mpirun: install the MPI extra (pip install 'lantern_stage[mpi]', "
+                       "which brings Open MPI and mpi4py)", EXIT_USAGE)
+    cmd = [mpirun]
+    if args.procs is not None:
+        cmd += ["-n", str(args.procs)]
+    if args.hostfile is not None:
+        if not os.path.isfile(args.hostfile):
+            raise CliError(f"--hostfile {args.hostfile} not found", EXIT_USAGE)
+        cmd += ["--hostfile", args.hostfile]
+    elif args.procs is not None and args.procs > len(os.sched_getaffinity(0)):
+        cmd.append("--oversubscribe")  # more ranks than cores: Open MPI refuses without it
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-run-as-root")  # containers and CI run as root
+    rest, skip = [], False
+    for a in argv:  # the same command line without the launcher's options
+        if skip:
+            skip = False
+        elif a in ("--procs", "--hostfile"):
+            skip = True
+        elif not a.startswith(("--procs=", "--hostfile=")):
+            rest.append(a)
+    return cmd + [sys.executable, "-m", "lantern_stage.cli", *rest]
+
+
 def cmd_run(args) -> int:
+    if (args.procs is not None or args.hostfile is not None) and not distributed.launched_by_mpi():
+        if args.procs is not None and args.procs < 1:
+            raise CliError("--procs must be >= 1", EXIT_USAGE)
+        cmd = mpirun_command(args, args.argv)
+        return subprocess.run(cmd).returncode
+    rank, world = distributed.rank(), distributed.world_size()
+    lead = rank == 0  # the one rank that prints and writes files
     bundle, namespace = load_bundle(args.model)
     entry = training_entry(bundle, args.entry)
+    if args.load and lead:  # other ranks receive rank 0's state when the step is loaded
+        load_state(bundle, args.load)
     start = time.perf_counter()
     step = bundle.load()[entry.name]
     compiled = time.perf_counter() - start
-    batches, source = model_batches(namespace, entry, args.data, args.model, args.seed)
-    print(f"{entry.signature()}: compiled in {compiled:.1f} s; data: {source}", flush=True)
+    batches, source = model_batches(namespace, entry, args.data, args.model, args.seed + rank)
+    if world > 1:
+        batches = rank_batches(batches, entry, rank, world)
+        source += f"; rank {rank} of {world} takes its shard"
+    if lead:
+        print(f"{entry.signature()}: compiled in {compiled:.1f} s; data: {source}", flush=True)
 
     from tqdm import tqdm
 
     losses = []
-    bar = tqdm(total=args.steps, desc=entry.name, unit="step", disable=args.quiet, file=sys.stderr)
+    bar = tqdm(total=args.steps, desc=entry.name, unit="step", disable=args.quiet or not lead, file=sys.stderr)
     start = time.perf_counter()
     for i in range(args.steps):
         batch = next(batches)
@@ -232,14 +300,40 @@ def cmd_run(args) -> int:
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     bar.close()
     elapsed = time.perf_counter() - start
-    print(summary(entry.name, losses, elapsed))
-    if args.save:
+    if lead:
+        print(summary(entry.name, losses, elapsed) + (f" (rank 0's shard; {world} ranks)" if world > 1 else ""))
+    if args.save and lead:
+        from .train import save
+
+        scratch = {id(a) for e in bundle.entries if e.kind == "train_step" for a in e.export.obj.scratch_arrays}
+        state = {k: a for k, a in bundle.state.items() if id(a) not in scratch}
         try:
-            np.savez(args.save, **{k: np.array(a) for k, a in bundle.state.items()})
+            save(state, args.save)  # atomic: temp file, fsync, rename
         except OSError as e:
             raise CliError(f"cannot write {args.save}: {e.strerror or e}", EXIT_OUTPUT) from None
-        print(f"saved the trained state ({len(bundle.state)} arrays) to {args.save}")
+        print(f"saved the trained state ({len(state)} arrays) to {args.save}")
+    distributed.barrier()  # every rank ends once the checkpoint is complete
     return 0
+
+
+def load_state(bundle: Bundle, path: str) -> None:
+    """Copy a state saved by `lantern run --save` (or TrainStep.save) into the bundle's live arrays."""
+    from .train import load
+
+    try:
+        state = load(path)
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read --load {path}: {e}", EXIT_USAGE) from None
+    for k, a in state.items():
+        if k not in bundle.state:
+            raise CliError(f"--load {path}: {k!r} is not part of this model's state "
+                           f"({', '.join(bundle.state)})", EXIT_USAGE)
+        if a.shape != bundle.state[k].shape:
+            raise CliError(f"--load {path}: {k!r} has shape {a.shape}, the model's is {bundle.state[k].shape}",
+                           EXIT_USAGE)
+    for k, a in state.items():
+        np.copyto(bundle.state[k], a, casting="same_kind")
+    print(f"loaded {len(state)} arrays from {path}", flush=True)
 
 
 def summary(name: str, losses: list[float], seconds: float) -> str:
@@ -319,7 +413,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_options(r, "")
     r.add_argument("--steps", type=int, metavar="N", default=100, help="training steps (default 100)")
     r.add_argument("--data", metavar="PATH", default=None, help="passed to the model's batches(data_path)")
-    r.add_argument("--save", metavar="FILE.npz", default=None, help="write the trained state to an .npz file")
+    r.add_argument("--save", metavar="FILE.npz", default=None,
+                   help="write the trained state to an .npz file (rank 0 only, atomically)")
+    r.add_argument("--load", metavar="FILE.npz", default=None,
+                   help="start from a state written by --save (at any number of processes)")
+    r.add_argument("--procs", type=int, metavar="N", default=None,
+                   help="train data-parallel on N MPI processes (runs mpirun -n N; --oversubscribe when N exceeds "
+                        "the cores): every process trains on its shard of each batch and the gradients are averaged")
+    r.add_argument("--hostfile", metavar="FILE", default=None,
+                   help="with --procs: the MPI hostfile listing the hosts (and slots) to run on")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
     return parser
@@ -335,9 +437,18 @@ def fail(message: str, code: int) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     if getattr(args, "steps", None) is not None and args.steps < 0:
         return fail("--steps must be >= 0", EXIT_USAGE)
+    code = _run(args)
+    if code and distributed.launched_by_mpi() and distributed.world_size() > 1:
+        distributed.abort(f"exit status {code}", code)  # never leave the other ranks waiting
+    return code
+
+
+def _run(args) -> int:
     try:
         return args.func(args)
     except BaseException as e:

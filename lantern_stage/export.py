@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from . import __version__, distributed
 from .build import build
 from .compile import CompiledFunction
 from .generator import Generator
@@ -394,6 +394,10 @@ class Bundle:
         """name -> callable running the compiled entry on the live arrays (what
         `lantern run` trains with): one library for every entry point."""
         library = Library.load(str(self.build()), [e.program.symbol for e in self.entries])
+        if any(e.kind == "train_step" and e.export.obj.data_parallel for e in self.entries):
+            # As TrainStep.entry does: the all-reduce, and rank 0's state everywhere.
+            distributed.connect(library)
+            distributed.broadcast([a for k, a in self.state.items() if k.startswith(("model.", "optimizer."))])
         out = {}
         for e in self.entries:
             p, obj = e.program, e.export.obj

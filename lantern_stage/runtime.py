@@ -19,6 +19,7 @@ import numpy as np
 STATUS_CDEF = """
 typedef struct { int64_t peak_bytes; int32_t kind; char message[512]; } lt_status;
 void lantern_configure(int64_t arena_bytes, int64_t max_depth);
+void lantern_set_collective(void* allreduce_sum, void* ctx, int64_t world);
 """
 ENTRY_CDEF = "int {symbol}(void* const* lt_in, const int64_t* lt_len, void* const* lt_out, lt_status* status);\n"
 

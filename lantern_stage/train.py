@@ -1,6 +1,10 @@
 """`lt.train_step`: one compiled C++ function that runs the forward pass, the
 backward pass (AD by callbacks), gradient clipping and the optimizer update,
-writing parameters and optimizer state in place.
+writing parameters and optimizer state in place.  With `accumulate=K` every
+call adds its gradients into one flat buffer and every K-th call applies one
+update with their mean; with `data_parallel=True` that buffer is averaged
+over the MPI ranks (lt.distributed) between backward and clipping, by one
+all-reduce called from the compiled code.
 
     model = Net()
     opt = lt.optim.Adagrad(model.parameters(), lr=0.1)
@@ -26,11 +30,15 @@ from collections import OrderedDict
 
 import numpy as np
 
+from . import api as F, distributed
 from .autodiff import value_and_grad
 from .compile import CompiledFunction
+from .control import cond
 from .generator import Generator
 from .nn.module import Module, bind, copy_state, raise_state_problems, state_problems
-from .optim import Optimizer, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
+from .ops.registry import Emitter, as_rep
+from .optim import Optimizer, _State, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
+from .staging import current
 from .passes import run_passes
 from .program import input_specs, stage
 from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH, read_arrays, save_arrays
@@ -61,7 +69,10 @@ class TrainStep(CompiledFunction):
     inputs; it returns the loss (a float) — or (loss, aux) with has_aux."""
 
     def __init__(self, model: Module, loss_fn, optimizer: Optimizer, clip_grad_norm=None, clip_grad_value=None,
-                 has_aux=False, name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH):
+                 has_aux=False, name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH,
+                 accumulate=1, data_parallel=False):
+        if isinstance(accumulate, bool) or not isinstance(accumulate, int) or accumulate < 1:
+            raise ValueError(f"train_step: accumulate must be an int >= 1 (micro-batches per update), got {accumulate!r}")
         if not isinstance(model, Module):
             raise TypeError(f"train_step: model must be an lt.nn.Module, got {type(model).__name__}")
         if not isinstance(optimizer, Optimizer):
@@ -78,6 +89,21 @@ class TrainStep(CompiledFunction):
         self.specs = input_specs(_data_inputs(loss_fn))
         for n, p in model.named_parameters():  # readable C++ names
             p.lantern_name = n
+        self._configure(accumulate, data_parallel)
+
+    def _configure(self, accumulate: int, data_parallel: bool) -> None:
+        """Set accumulation and data parallelism (before staging: `lantern run
+        --procs` turns a model file's step data-parallel this way)."""
+        self.accumulate, self.data_parallel = accumulate, bool(data_parallel)
+        self._program = self._source = self._entry = None
+        # Every gradient in one flat buffer: the accumulator of `accumulate`
+        # and the one buffer the data-parallel all-reduce exchanges.
+        self._grads = self._count = None
+        if accumulate > 1 or self.data_parallel:
+            total = sum(int(np.prod(p.shape)) for p in self.optimizer.params)
+            self._grads = _State(np.zeros(total, np.float32), "grad_buffer")
+        if accumulate > 1:
+            self._count = _State(np.zeros((), np.float32), "accumulated")
 
     @property
     def program(self):
@@ -94,12 +120,71 @@ class TrainStep(CompiledFunction):
             return self.loss_fn(bind(self.model, {id(p): v for p, v in zip(params, values)}), *inputs)
 
         value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
+        if self._grads is None:
+            self._update(grads)
+            return value
+        flat = as_rep(self._grads)
+        views, offset = [], 0
+        for p in params:  # zero-copy views of the flat buffer, one per parameter
+            n = int(np.prod(p.shape))
+            views.append(flat[offset:offset + n].reshape(tuple(p.shape)))
+            offset += n
+        em = Emitter(current(), "gradients into the flat buffer")
+        for view, g in zip(views, grads):
+            em.map(view.var, "{0}", as_rep(g).var, acc=self.accumulate > 1)
+
+        def exchange_and_update():
+            if self.data_parallel:  # the mean over ranks; the identity with one rank
+                Emitter(current(), "all-reduce the gradients (mean over ranks)").prim(
+                    "allreduce_mean", [flat.var], [flat.var])
+            if self.accumulate == 1:
+                self._update(views)
+                return ()
+            self._update([v * (1.0 / self.accumulate) for v in views])
+            Emitter(current(), "empty the accumulator").fill(flat.var, 0.0)
+            F.assign(self._count, 0.0)
+            return ()
+
+        if self.accumulate == 1:
+            exchange_and_update()
+        else:
+            count = F.assign(self._count, as_rep(self._count) + 1.0)
+            cond(count >= float(self.accumulate), exchange_and_update, lambda: ())
+        return value
+
+    def _update(self, grads) -> None:
+        """Clipping (on the averaged gradients) and the optimizer's update."""
         if self.clip_grad_norm is not None:
             grads, _ = _clip_norm(grads, self.clip_grad_norm)
         if self.clip_grad_value is not None:
             grads = _clip_value(grads, self.clip_grad_value)
         self.optimizer.update(grads)
-        return value
+
+    @property
+    def entry(self):
+        fresh = self._entry is None
+        entry = super().entry
+        if fresh and self.data_parallel:
+            distributed.connect(entry.library)
+            distributed.broadcast(self.synchronized_arrays())
+        return entry
+
+    def synchronized_arrays(self) -> list[np.ndarray]:
+        """What a data-parallel step keeps identical on every rank: the model's
+        and the optimizer's state (rank 0's is broadcast when the step is built,
+        and on `load`).  Generators stay per rank."""
+        return list(self.model.state_dict().values()) + list(self.optimizer.state_dict().values())
+
+    @property
+    def scratch_arrays(self) -> list[np.ndarray]:
+        """The gradient buffer (and the micro-batch count): captured by the
+        step but not part of its state; checkpoints leave them out."""
+        return [h.array for h in (self._grads, self._count) if h is not None]
+
+    @property
+    def pending(self) -> int:
+        """Micro-batches accumulated since the last update (0 when accumulate=1)."""
+        return int(self._count.array) if self._count is not None else 0
 
     def __call__(self, *args, **kwargs):
         out = self.entry(*args, **kwargs)
@@ -153,21 +238,45 @@ class TrainStep(CompiledFunction):
             copy_state(own, part)
 
     def save(self, path) -> None:
-        """Write the state_dict to an .npz file at `path`, atomically."""
-        save(self.state_dict(), path)
+        """Write the state_dict to an .npz file (between updates: a checkpoint
+        holds no half-accumulated gradients).  A data-parallel step saves from
+        rank 0 only, and every rank returns once the file is complete."""
+        if self.pending:
+            raise ValueError(f"{self.name}.save: {self.pending} of {self.accumulate} accumulated micro-batches are "
+                             "not applied yet; save after the call that completes the update")
+        if self.data_parallel:
+            if distributed.rank() == 0:
+                save(self.state_dict(), path)
+            distributed.barrier()
+        else:
+            save(self.state_dict(), path)
 
     def load(self, path) -> None:
-        """Load a checkpoint written by `save` (all of it, or nothing on a mismatch)."""
-        self.load_state_dict(load(path))
+        """Read a checkpoint written by `save`, by any number of ranks: a
+        data-parallel step reads it on rank 0 and broadcasts it."""
+        if self.data_parallel and distributed.world_size() > 1:
+            if distributed.rank() == 0:
+                self.load_state_dict(load(path))
+            distributed.broadcast(self.synchronized_arrays())
+        else:
+            self.load_state_dict(load(path))
 
 
 def train_step(model, loss_fn, optimizer, clip_grad_norm=None, clip_grad_value=None, has_aux=False, *,
-               name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH) -> TrainStep:
+               name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH, accumulate=1,
+               data_parallel=False) -> TrainStep:
     """Compile one training step of `model`: `loss_fn(model, *inputs)` with its
     inputs annotated after `model`, value_and_grad over the optimizer's
     parameters, optional clipping (torch.nn.utils.clip_grad_norm_ /
-    clip_grad_value_ semantics), then `optimizer`'s update, in place."""
-    return TrainStep(model, loss_fn, optimizer, clip_grad_norm, clip_grad_value, has_aux, name, arena_bytes, max_depth)
+    clip_grad_value_ semantics), then `optimizer`'s update, in place.
+
+    accumulate=K: each call adds its gradients and returns its own loss; every
+    K-th call updates once with the mean of the K gradients.
+    data_parallel=True: under MPI (lt.distributed) the gradients are averaged
+    over the ranks before clipping and the update, as DistributedDataParallel
+    does, so every rank applies the same update; an ordinary step outside MPI."""
+    return TrainStep(model, loss_fn, optimizer, clip_grad_norm, clip_grad_value, has_aux, name, arena_bytes, max_depth,
+                     accumulate, data_parallel)
 
 
 def save(state: dict, path) -> None:

@@ -137,6 +137,10 @@ def _store_output(p: Prim) -> str:
     return f"std::memcpy(lt_out[{j}], {v.name}, sizeof({ctype}) * {max(v.size, 1)});"
 
 
+def _allreduce_mean(p: Prim) -> str:
+    return f"lt::allreduce_mean(rt.collective, {ptr(p.outs[0])}, {max(p.outs[0].size, 1)});"
+
+
 KERNELS = {
     "gemm": _gemm,
     "gemv": _gemv,
@@ -153,6 +157,7 @@ KERNELS = {
     "take_row": _take_row,
     "take_row_backward": _take_row_backward,
     "store_output": _store_output,
+    "allreduce_mean": _allreduce_mean,  # data-parallel gradients (train.py)
     "outer_log_start": _outer_log_start,
     "outer_log_append": _outer_log_append,
     "outer_log_flush": _outer_log_flush,
