@@ -30,6 +30,7 @@ from . import __version__
 from .build import CompileError
 from .export import Bundle, Entry, ModelError, describe_exception, run_model_file
 from .package import OutputError, OutputFolder, loss_problem, standalone_problem, write_package, write_standalone
+from .runtime import save_arrays
 from .tree import tree_flatten
 
 EXIT_ERROR = 1  # a run failed, or an internal error
@@ -235,7 +236,7 @@ def cmd_run(args) -> int:
     print(summary(entry.name, losses, elapsed))
     if args.save:
         try:
-            np.savez(args.save, **{k: np.array(a) for k, a in bundle.state.items()})
+            save_arrays(args.save, bundle.state)  # atomically, at exactly that path
         except OSError as e:
             raise CliError(f"cannot write {args.save}: {e.strerror or e}", EXIT_OUTPUT) from None
         print(f"saved the trained state ({len(bundle.state)} arrays) to {args.save}")
