@@ -34,6 +34,7 @@ from . import __version__, distributed
 from .build import CompileError
 from .export import Bundle, Entry, ModelError, describe_exception, run_model_file
 from .package import OutputError, OutputFolder, loss_problem, standalone_problem, write_package, write_standalone
+from .runtime import save_arrays
 from .tree import tree_flatten
 
 EXIT_ERROR = 1  # a run failed, or an internal error
@@ -303,12 +304,11 @@ def cmd_run(args) -> int:
     if lead:
         print(summary(entry.name, losses, elapsed) + (f" (rank 0's shard; {world} ranks)" if world > 1 else ""))
     if args.save and lead:
-        from .train import save
 
         scratch = {id(a) for e in bundle.entries if e.kind == "train_step" for a in e.export.obj.scratch_arrays}
         state = {k: a for k, a in bundle.state.items() if id(a) not in scratch}
         try:
-            save(state, args.save)  # atomic: temp file, fsync, rename
+            save_arrays(args.save, state)  # atomically (temp file, fsync, rename), at exactly that path
         except OSError as e:
             raise CliError(f"cannot write {args.save}: {e.strerror or e}", EXIT_OUTPUT) from None
         print(f"saved the trained state ({len(state)} arrays) to {args.save}")

@@ -5,6 +5,7 @@ compile cache across processes, and one clear message and exit status per
 failure.  Every command runs in a subprocess, as a user runs it."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -183,6 +184,10 @@ def test_package_moved_away_from_its_openblas_loads_this_environments(mlp_out, t
     data = so.read_bytes()
     assert data.count(lib_dir) == 1
     so.write_bytes(data.replace(lib_dir, b"/" + b"x" * (len(lib_dir) - 1)))  # same length: a valid ELF file
+    manifest = tmp_path / "mlp" / "manifest.json"  # as if built there: the recorded hash follows the edit
+    info = json.loads(manifest.read_text())
+    info["library_sha256"] = hashlib.sha256(so.read_bytes()).hexdigest()
+    manifest.write_text(json.dumps(info))
     site = Path(scipy_openblas32.__file__).parent.parent
     code = "import sys; sys.path[:0] = [sys.argv[1]]; sys.path.append(sys.argv[2]); {}import mlp; print(mlp.params)"
     proc = ok(python(code.format(""), args=(tmp_path, site), flags=("-S",)))
