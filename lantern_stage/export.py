@@ -156,23 +156,25 @@ def run_model_file(path) -> tuple[list[Export], dict]:
 
 # ------------------------------------------------------------------ index operands
 # Kernel primitives that read an int32 operand as indices: kind -> (operand
-# position, attribute holding the bound, what the indices are).  The C++
-# kernels check every index too (cpp_runtime/error.h check_index); knowing the
-# bounds lets a loader reject a bad input before any C++ runs, and lets
-# `lantern run` generate valid data.
+# position, attribute holding the bound, what the indices are, whether a
+# negative index counts from the end as in numpy).  The C++ kernels check every
+# index too (cpp_runtime/error.h check_index, wrap_index); knowing the bounds
+# lets a loader reject a bad input before any C++ runs, and lets `lantern run`
+# generate valid data.
 INDEX_OPERANDS = {
-    "nll": (1, "C", "nll_loss target"),
-    "nll_backward": (1, "C", "nll_loss target"),
-    "gather_rows": (1, "rows", "embedding index"),
-    "scatter_add_rows": (1, "rows", "embedding index"),
-    "take_row": (1, "rows", "row index"),
-    "take_row_backward": (1, "rows", "row index"),
+    "nll": (1, "C", "nll_loss target", False),
+    "nll_backward": (1, "C", "nll_loss target", False),
+    "gather_rows": (1, "rows", "embedding index", False),
+    "scatter_add_rows": (1, "rows", "embedding index", False),
+    "take_row": (1, "rows", "row index", True),
+    "take_row_backward": (1, "rows", "row index", True),
 }
 
 
 def index_ranges(program: Program) -> list[list[dict]]:
     """Per input of `program`: the ranges of its flat elements used as indices,
-    [{"offset", "size", "bound", "use"}] meaning 0 <= x[offset:offset+size] < bound.
+    [{"offset", "size", "low", "bound", "use"}] meaning low <= x[offset:offset+size] < bound
+    (low is 0, or -bound for an index that wraps like numpy's).
 
     Follows zero-copy views (`Alias`) and the arguments of staged function
     calls and continuation jumps; a variable reached from two different places
@@ -213,23 +215,25 @@ def index_ranges(program: Program) -> list[list[dict]]:
     found: list[set] = [set() for _ in program.inputs]
     for _, stmt in walk(program.body):
         if isinstance(stmt, Prim) and stmt.kind in INDEX_OPERANDS:
-            pos, attr, use = INDEX_OPERANDS[stmt.kind]
+            pos, attr, use, wraps = INDEX_OPERANDS[stmt.kind]
             var = stmt.ins[pos]
             where = origin.get(id(var))
             if where is not None and getattr(var.type, "shape", None) is not None:
                 k, offset = where
-                found[k].add((offset, max(var.size, 1), int(stmt.attrs[attr]), use))
+                bound = int(stmt.attrs[attr])
+                found[k].add((offset, max(var.size, 1), -bound if wraps else 0, bound, use))
     return [_merge_ranges(sorted(f)) for f in found]
 
 
 def _merge_ranges(ranges) -> list[dict]:
     out: list[dict] = []
-    for offset, size, bound, use in ranges:
+    for offset, size, low, bound, use in ranges:
         last = out[-1] if out else None
-        if last and last["bound"] == bound and last["use"] == use and offset <= last["offset"] + last["size"]:
+        if (last and (last["low"], last["bound"], last["use"]) == (low, bound, use)
+                and offset <= last["offset"] + last["size"]):
             last["size"] = max(last["size"], offset + size - last["offset"])
         else:
-            out.append(dict(offset=offset, size=size, bound=bound, use=use))
+            out.append(dict(offset=offset, size=size, low=low, bound=bound, use=use))
     return out
 
 

@@ -17,6 +17,9 @@ NUMPY_DTYPE = {"float32": "float32", "int32": "int32", "bool": "bool"}
 
 @dataclass(frozen=True)
 class TensorType:
+    """The static type of a staged tensor: a shape and a dtype.  `lt.Int` and
+    `lt.Float` are the 0-d ones (int32, float32 scalars)."""
+
     shape: tuple[int, ...]
     dtype: str = "float32"
 
