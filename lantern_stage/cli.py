@@ -114,7 +114,7 @@ def generated_batches(entry: Entry, seed: int):
                 for r in ranges:
                     flat[r["offset"]:r["offset"] + r["size"]] = rng.integers(0, r["bound"], r["size"])
                 batch.append(a)
-        pool.append(tuple(batch))
+        pool.append(entry.unflatten_batch(batch))
     return itertools.cycle(pool), f"generated ({GENERATED_BATCHES} random batches, cycled)"
 
 
@@ -127,7 +127,7 @@ def model_batches(namespace: dict, entry: Entry, data: str | None, path: str, se
         return generated_batches(entry, seed)
     if not callable(source):
         raise CliError(f"{path}: `batches` must be a function batches(data_path)", EXIT_MODEL)
-    names = [s.name for s, _ in entry.program.inputs]
+    names = [n for n, _ in entry.program.arguments]
 
     def epochs():
         epoch = 0

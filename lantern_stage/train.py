@@ -31,13 +31,11 @@ from .compile import CompiledFunction
 from .generator import Generator
 from .nn.module import Module, bind
 from .optim import Optimizer, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
-from .passes import run_passes
-from .program import input_specs, stage
 from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH
 
 
 def _data_inputs(loss_fn):
-    """A stand-in for `loss_fn` without its first (model) parameter, for `input_specs`."""
+    """A stand-in for `loss_fn` without its first (model) parameter: the step's signature."""
     sig = inspect.signature(loss_fn)
     params = list(sig.parameters.values())
     if not params:
@@ -75,17 +73,17 @@ class TrainStep(CompiledFunction):
         super().__init__(loss_fn, name or f"train_{loss_fn.__name__}", arena_bytes, max_depth)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.clip_grad_norm, self.clip_grad_value, self.has_aux = clip_grad_norm, clip_grad_value, has_aux
-        self.specs = input_specs(_data_inputs(loss_fn))
+        self._data_inputs = _data_inputs(loss_fn)
+        self.parameters  # noqa: B018 - a bad annotation is an error here, not at the first step
+        self._pending_rng = None  # generator states loaded before the first signature was staged
         for n, p in model.named_parameters():  # readable C++ names
             p.lantern_name = n
 
-    @property
-    def program(self):
-        if self._program is None:
-            program = stage(self._staged, self.name, self.specs)
-            run_passes(program)
-            self._program = program
-        return self._program
+    def _staged_function(self):
+        return self._staged
+
+    def _signature_function(self):
+        return self._data_inputs
 
     def _staged(self, *inputs):
         params = self.optimizer.params
@@ -102,7 +100,10 @@ class TrainStep(CompiledFunction):
         return value
 
     def __call__(self, *args, **kwargs):
-        out = self.entry(*args, **kwargs)
+        if self._pending_rng is not None:  # stage this signature and set the loaded generator states
+            self.specialize(*args, **kwargs)
+            self.generators  # noqa: B018
+        out = self._call_entry(args, kwargs)
         if self.has_aux:
             loss, aux = out
             return float(loss), aux
@@ -111,8 +112,20 @@ class TrainStep(CompiledFunction):
     # ------------------------------------------------------------ checkpoints
     @property
     def generators(self) -> list[Generator]:
-        """The random generators the staged step draws from (dropout)."""
-        return [h for h, _ in self.program.captures if isinstance(h, Generator)]
+        """The random generators the staged step draws from (dropout), over
+        every signature compiled so far (none before the first call of a step
+        without annotations)."""
+        if self.is_fixed:
+            self.program  # noqa: B018 - stage it
+        found: list[Generator] = []
+        for specialization in self._table.values():
+            for h, _ in specialization.program.captures:
+                if isinstance(h, Generator) and all(h is not g for g in found):
+                    found.append(h)
+        if self._pending_rng is not None and self._table:
+            pending, self._pending_rng = self._pending_rng, None
+            self._set_rng(found, pending)
+        return found
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Everything a run needs to resume exactly: "model.<name>" parameters
@@ -135,12 +148,22 @@ class TrainStep(CompiledFunction):
                 raise KeyError(f"load_state_dict: unexpected key {k!r}")
             parts[head][rest] = v
         gens = self.generators
-        if sorted(parts["rng"]) != [str(i) for i in range(len(gens))]:
+        deferred = not gens and not self._table and parts["rng"]
+        if not deferred and sorted(parts["rng"]) != [str(i) for i in range(len(gens))]:
             raise KeyError(f"load_state_dict: expected {len(gens)} generator state(s), got keys {sorted(parts['rng'])}")
         self.model.load_state_dict(parts["model"])
         self.optimizer.load_state_dict(parts["optimizer"])
+        if deferred:  # no signature staged yet: set them when the first one is
+            self._pending_rng = parts["rng"]
+        else:
+            self._set_rng(gens, parts["rng"])
+
+    @staticmethod
+    def _set_rng(gens, states) -> None:
+        if sorted(states) != [str(i) for i in range(len(gens))]:
+            raise KeyError(f"load_state_dict: expected {len(gens)} generator state(s), got keys {sorted(states)}")
         for i, g in enumerate(gens):
-            g.set_state(parts["rng"][str(i)])
+            g.set_state(states[str(i)])
 
     def save(self, path) -> None:
         """Write the state_dict to an .npz file."""

@@ -372,10 +372,10 @@ def test_no_exported_entry_point(tmp_path):
     expect_failure(lantern("compile", model), cli.EXIT_MODEL, "exports no entry point", "@lt.export")
 
 
-def test_missing_annotation(tmp_path):
+def test_missing_annotation_without_example_args(tmp_path):
     model = write(tmp_path, TINY.replace("x: lt.Tensor[3]", "x"))
     expect_failure(lantern("compile", model, "-o", tmp_path / "out"), cli.EXIT_MODEL,
-                   "entry point 'f'", "model.py:4", "parameter 'x' has no annotation")
+                   "entry point 'f'", "model.py:4", "'x' have no annotation", "example_args=")
 
 
 def test_wrong_annotation(tmp_path):
