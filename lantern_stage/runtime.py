@@ -92,6 +92,7 @@ class EntryPoint:
         # (name, structure) per argument: "leaf", or a nested dict / tuple / list of
         # leaves (see flatten_arguments); by default every input is one argument
         self.arguments = [(s.name, "leaf") for s in inputs] if arguments is None else list(arguments)
+        self._names = [n for n, _ in self.arguments]
         self._nested = any(tree != "leaf" for _, tree in self.arguments)
         self.outputs = outputs
         self.unflatten = unflatten
@@ -104,8 +105,7 @@ class EntryPoint:
         self._fn = getattr(library.lib, symbol)
 
     def check_args(self, args, kwargs) -> list[np.ndarray]:
-        specs = self.inputs
-        names = [n for n, _ in self.arguments]
+        specs, names = self.inputs, self._names
         if len(args) > len(names):
             raise TypeError(f"{self.name}() takes {len(names)} arguments ({self.signature()}), got {len(args)}")
         values = dict(zip(names, args))
