@@ -314,24 +314,33 @@ class Bundle:
 
     # ---------------------------------------------------------------- staging
     def _stage(self, e: Export) -> Program:
-        obj = e.obj
+        obj, example = e.obj, e.example_args
         path = self.model_file or e.where.rsplit(":", 1)[0]
+        what = f"cannot stage entry point {e.name!r} (exported at {e.where})"
         try:
-            if e.example_args is None and not obj.is_fixed:
+            if example is None and not obj.is_fixed:
                 missing = ", ".join(repr(n) for n, t in obj.parameters if t is None)
                 raise ModelError(
-                    f"cannot stage entry point {e.name!r} (exported at {e.where}): input(s) {missing} have no "
-                    "annotation, so a compiled package cannot know their types: annotate them (e.g. "
-                    "lt.Tensor[32, 10]) or give example inputs, lt.export(..., example_args=(...))"
+                    f"{what}: input(s) {missing} have no annotation, so a compiled package cannot know their "
+                    "types: annotate them (e.g. lt.Tensor[32, 10]) or give example inputs, "
+                    "lt.export(..., example_args=(...))"
                 )
-            if e.example_args is None:
-                return obj.program
-            return obj.check_example(*e.example_args).program
+            # binding the example arguments and taking their types runs no model code
+            specialization = None if example is None else obj.specialize(*example)
         except ModelError:
             raise
-        except Exception as exc:  # a staging error, a bad annotation, a bug in the model's code
-            raise ModelError(f"cannot stage entry point {e.name!r} (exported at {e.where}): "
-                             f"{describe_exception(exc, path)}") from exc
+        except Exception as exc:  # a bad annotation; example_args that do not bind
+            raise ModelError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        try:
+            program = obj.program if specialization is None else specialization.program
+        except Exception as exc:  # a staging error, a bug in the model's code
+            raise ModelError(f"{what}: {describe_exception(exc, path)}") from exc
+        if example is not None:
+            try:
+                obj.check_example(*example)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{what}: example_args do not fit: {type(exc).__name__}: {exc}") from exc
+        return program
 
     def _entry(self, e: Export, program: Program) -> Entry:
         program = dataclasses.replace(program, name=e.name)

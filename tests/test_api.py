@@ -450,6 +450,13 @@ def test_lantern_generates_nested_batches_and_explains_a_missing_example(tmp_pat
     p, xs = next(generated_batches(bundle.entry("predict"), seed=0)[0])
     assert set(p) == {"w", "b"} and isinstance(xs, tuple) and xs[1].shape == (2, 4)
 
+    model.write_text(PYTREE_MODEL.replace("@lt.export\ndef predict", "@lt.export(example_args=({'w': 0, 'b': 0}, (0, 0)))\n"
+                                                                    "def predict"))
+    exports, namespace = run_model_file(model)
+    with pytest.raises(ModelError, match=r"""entry point 'predict' .*: example_args do not fit: TypeError: predict\(\) argument 'p\["w"\]': """
+                                         r"expected a numpy array float32\[3, 4\], got int$"):
+        Bundle(exports, namespace, str(model))
+
     model.write_text(PYTREE_MODEL.replace(",\n                 example_args=(EXAMPLE,))", ")"))
     exports, namespace = run_model_file(model)
     with pytest.raises(ModelError, match=r"entry point 'train' .*pytree_gen.py:\d+\): input\(s\) 'batch' have no "
