@@ -48,4 +48,11 @@ inline int check_index(long long i, long long n, const char* what) {
   return static_cast<int>(i);
 }
 
+// A staged index read as numpy reads it: -n <= i < n, a negative one counting
+// from the end (x[-1] is the last row), as a Python int index already does.
+inline int wrap_index(long long i, long long n, const char* what) {
+  if (i < -n || i >= n) fail_index("%s: index %lld out of range [%lld, %lld)", what, i, -n, n);
+  return static_cast<int>(i < 0 ? i + n : i);
+}
+
 }  // namespace lt

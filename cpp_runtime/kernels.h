@@ -95,14 +95,14 @@ inline void nll_backward(const float* dout, const int32_t* target, float* dlogp,
   for (long i = 0; i < N; ++i) dlogp[i * C + check_index(target[i], C, "nll_loss target")] += g;
 }
 
-// out[:] = x[i, :] with a bounds check; and its gradient.
+// out[:] = x[i, :] with a bounds check (negative i counts from the end); and its gradient.
 template <class T>
 inline void take_row(const T* x, int32_t i, T* out, long rows, long width) {
-  std::memcpy(out, x + check_index(i, rows, "row index") * width, sizeof(T) * width);
+  std::memcpy(out, x + wrap_index(i, rows, "row index") * width, sizeof(T) * width);
 }
 
 inline void take_row_backward(const float* dout, int32_t i, float* dx, long rows, long width) {
-  float* dst = dx + check_index(i, rows, "row index") * width;
+  float* dst = dx + wrap_index(i, rows, "row index") * width;
   for (long j = 0; j < width; ++j) dst[j] += dout[j];
 }
 

@@ -3,6 +3,9 @@
 Write a model against staged tensors (`Rep`), and `lt.compile` stages it into
 a CPS IR in which reverse-mode AD is done by callbacks, generates C++ (loops
 and OpenBLAS), compiles it with g++ and loads it through cffi.
+
+`__all__` is the public API (README.md, "API reference", gives each name's
+meaning); `dir(lantern_stage)` shows only it.
 """
 __version__ = "0.1.0"
 
@@ -19,3 +22,35 @@ from .types import Float, Int, IntArray, Tensor  # noqa: F401
 from . import distributed, nn, optim  # noqa: F401,E402
 from .train import TrainStep, load, save, train_step  # noqa: F401,E402
 from .export import export  # noqa: F401,E402
+
+__all__ = [
+    # staged types and input annotations
+    "Tensor", "Int", "Float", "IntArray", "Rep",
+    # compiling
+    "compile", "CompiledFunction", "train_step", "TrainStep", "export",
+    # differentiation
+    "grad", "value_and_grad",
+    # control flow
+    "cond", "fori_loop", "while_loop", "recursive",
+    # elementwise
+    "add", "sub", "mul", "div", "neg", "power", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs",
+    "maximum", "minimum", "where", "cast",
+    # linear algebra, reductions, shapes
+    "matmul", "sum", "mean", "max", "reshape", "transpose", "concat", "stack", "split",
+    "full", "zeros", "ones", "zeros_like", "ones_like",
+    # neural-network ops and losses
+    "linear", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding", "softmax", "log_softmax",
+    "nll_loss", "cross_entropy", "mse_loss", "assign",
+    # random numbers, checkpoints
+    "Generator", "default_generator", "manual_seed", "save", "load",
+    # errors
+    "StagingError", "CompileError", "ArenaExhausted",
+    # submodules
+    "nn", "optim",
+]
+
+
+def __dir__():
+    # The public API and the module's dunders; internals (lantern_stage.api,
+    # .staging, ...) stay importable but out of sight.
+    return sorted(__all__ + [n for n in globals() if n.startswith("__") and n.endswith("__")])

@@ -15,25 +15,97 @@ from .staging import Rep, StagingError, staging_error
 from .types import IntArrayType
 
 # ---------------------------------------------------------------- elementwise
-add, sub, mul, div = ew.add, ew.sub, ew.mul, ew.div
-exp, log, sqrt, tanh, sigmoid, relu = ew.exp, ew.log, ew.sqrt, ew.tanh, ew.sigmoid, ew.relu
-abs = ew.abs_  # noqa: A001 - numpy's name
-maximum, minimum, where = ew.maximum, ew.minimum, ew.where
-matmul = linalg.matmul
-log_softmax_op, softmax_op = loss.log_softmax, loss.softmax
+# The public names of primitive ops are functions, so that each has its
+# numpy-style signature and a docstring; the ops themselves are in ops/.
+def add(a, b):
+    """a + b, elementwise with numpy broadcasting."""
+    return ew.add(a, b)
+
+
+def sub(a, b):
+    """a - b, elementwise with numpy broadcasting."""
+    return ew.sub(a, b)
+
+
+def mul(a, b):
+    """a * b, elementwise with numpy broadcasting."""
+    return ew.mul(a, b)
+
+
+def div(a, b):
+    """a / b, elementwise with numpy broadcasting (float32 result, as numpy's true division)."""
+    return ew.div(a, b)
+
+
+def exp(x):
+    """e ** x, elementwise."""
+    return ew.exp(x)
+
+
+def log(x):
+    """The natural logarithm, elementwise."""
+    return ew.log(x)
+
+
+def sqrt(x):
+    """The square root, elementwise."""
+    return ew.sqrt(x)
+
+
+def tanh(x):
+    """The hyperbolic tangent, elementwise."""
+    return ew.tanh(x)
+
+
+def sigmoid(x):
+    """1 / (1 + exp(-x)), elementwise."""
+    return ew.sigmoid(x)
+
+
+def relu(x):
+    """max(x, 0), elementwise."""
+    return ew.relu(x)
+
+
+def abs(x):  # noqa: A001 - numpy's name
+    """|x|, elementwise (gradient 0 at 0)."""
+    return ew.abs_(x)
+
+
+def maximum(a, b):
+    """The larger of a and b, elementwise with broadcasting (a tie splits the gradient)."""
+    return ew.maximum(a, b)
+
+
+def minimum(a, b):
+    """The smaller of a and b, elementwise with broadcasting (a tie splits the gradient)."""
+    return ew.minimum(a, b)
+
+
+def where(cond, a, b):
+    """a where the bool mask `cond` is true, else b (numpy.where, broadcasting)."""
+    return ew.where(cond, a, b)
+
+
+def matmul(a, b):
+    """a @ b with numpy's matmul rules (also the `@` operator)."""
+    return linalg.matmul(a, b)
 
 
 def neg(x):
+    """-x, elementwise."""
     return ew.neg(x)
 
 
 def power(x, exponent):
+    """x ** exponent for a constant (Python number) exponent, elementwise."""
     if isinstance(exponent, Rep):
         raise staging_error("** needs a constant (Python number) exponent")
     return ew.pow_(x, exponent=float(exponent))
 
 
 def cast(x, dtype: str):
+    """x converted to dtype "float32", "int32" or "bool" (also `x.astype(dtype)`)."""
     return ew.cast(x, dtype=dtype)
 
 
@@ -78,14 +150,17 @@ def _reduce(op, x, axis, keepdims):
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """The sum over `axis` (an int, a tuple, or None: all), as numpy.sum."""
     return _reduce(reduce.sum_axis, x, axis, keepdims)
 
 
 def max(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """The maximum over `axis` (an int, a tuple, or None: all), as numpy.max; ties split the gradient."""
     return _reduce(reduce.max_axis, x, axis, keepdims)
 
 
 def mean(x, axis=None, keepdims=False):
+    """The mean over `axis` (an int, a tuple, or None: all), as numpy.mean."""
     x = as_rep(x)
     count = prod(x.shape[a] for a in _axes(x, axis, "mean"))
     return div(sum(x, axis, keepdims), float(count))
@@ -93,6 +168,7 @@ def mean(x, axis=None, keepdims=False):
 
 # ---------------------------------------------------------------- shapes
 def reshape(x, *shape):
+    """x with a new shape (one dimension may be -1), a view with no copy."""
     x = as_rep(x)
     try:
         shape = shape_mod_resolve(shape, x.size)
@@ -108,6 +184,7 @@ shape_reshape = shape.reshape
 
 
 def transpose(x, axes=None):
+    """x with its axes permuted (default: reversed), as numpy.transpose; `x.T` too."""
     x = as_rep(x)
     axes = tuple(reversed(range(len(x.shape)))) if axes is None else tuple(axes)
     try:
@@ -120,6 +197,7 @@ def transpose(x, axes=None):
 
 
 def getitem(x, key):
+    """x[key]: ints (Python or one staged int; negative ones count from the end), slices, None, ..."""
     x = as_rep(x)
     if isinstance(x.type, IntArrayType):
         return shape.array_read(x, as_rep(key))
@@ -139,6 +217,7 @@ def getitem(x, key):
 
 
 def concat(xs, axis=0):
+    """The tensors of `xs` joined along an existing axis (numpy.concatenate)."""
     xs = [as_rep(x) for x in xs]
     if not xs:
         raise staging_error("concat of an empty list")
@@ -149,6 +228,7 @@ def concat(xs, axis=0):
 
 @_composite
 def stack(xs, axis=0):
+    """The tensors of `xs` (one shape) joined along a new axis (numpy.stack)."""
     xs = [as_rep(x) for x in xs]
     if not xs:
         raise staging_error("an empty list")
@@ -191,6 +271,7 @@ def _shape_args(shape) -> tuple[int, ...]:
 
 
 def full(shape, value, dtype="float32"):
+    """A tensor of `shape` filled with `value`."""
     shape = _shape_args((shape,) if isinstance(shape, int) else (tuple(shape),))
     return shape_full(shape=shape, value=value, dtype=dtype)
 
@@ -199,33 +280,40 @@ shape_full = shape.full
 
 
 def zeros(*shape, dtype="float32"):
+    """A tensor of zeros: lt.zeros(3, 4) or lt.zeros((3, 4))."""
     return shape_full(shape=_shape_args(shape), value=0, dtype=dtype)
 
 
 def ones(*shape, dtype="float32"):
+    """A tensor of ones: lt.ones(3, 4) or lt.ones((3, 4))."""
     return shape_full(shape=_shape_args(shape), value=1, dtype=dtype)
 
 
 def zeros_like(x):
+    """Zeros of x's shape and dtype."""
     x = as_rep(x)
     return shape_full(shape=x.shape, value=0, dtype=x.dtype)
 
 
 def ones_like(x):
+    """Ones of x's shape and dtype."""
     x = as_rep(x)
     return shape_full(shape=x.shape, value=1, dtype=x.dtype)
 
 
 # ---------------------------------------------------------------- losses
 def softmax(x, axis=-1, dim=None):
-    return softmax_op(x, axis=axis if dim is None else dim)
+    """exp(x) / sum(exp(x)) along `axis` (PyTorch's `dim` also accepted)."""
+    return loss.softmax(x, axis=axis if dim is None else dim)
 
 
 def log_softmax(x, axis=-1, dim=None):
-    return log_softmax_op(x, axis=axis if dim is None else dim)
+    """log(softmax(x)) along `axis`, computed stably (PyTorch's `dim` also accepted)."""
+    return loss.log_softmax(x, axis=axis if dim is None else dim)
 
 
 def nll_loss(logp, target, reduction="mean"):
+    """torch.nn.functional.nll_loss: -logp[n, target[n]], averaged ("mean") or summed ("sum")."""
     return loss.nll_loss(logp, target, reduction=reduction)
 
 
@@ -237,6 +325,7 @@ def cross_entropy(logits, target, reduction="mean"):
 
 @_composite
 def mse_loss(a, b, reduction="mean"):
+    """The mean (or sum) of the squared differences, torch.nn.functional.mse_loss."""
     if reduction not in ("mean", "sum"):
         raise staging_error(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     sq = power(sub(a, b), 2)
@@ -355,7 +444,9 @@ def _axes_arg(axes):
 
 _install_operators()
 
-# The public functions: everything defined here but the imported helpers.
+# The public functions: everything defined here but the imported helpers and
+# the aliases used inside this module (lantern_stage.__all__ lists them again).
 __all__ = [n for n in dir() if not n.startswith("_") and n not in (
     "annotations", "prod", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape",
-    "staging_error", "builtin_sum", "Rep", "as_rep", "functools", "StagingError")]
+    "staging_error", "builtin_sum", "Rep", "as_rep", "functools", "StagingError",
+    "getitem", "shape_full", "shape_mod_resolve", "shape_reshape")]

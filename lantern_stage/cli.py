@@ -123,7 +123,7 @@ def generated_batches(entry: Entry, seed: int):
                 for r in ranges:
                     flat[r["offset"]:r["offset"] + r["size"]] = rng.integers(0, r["bound"], r["size"])
                 batch.append(a)
-        pool.append(tuple(batch))
+        pool.append(entry.unflatten_batch(batch))
     return itertools.cycle(pool), f"generated ({GENERATED_BATCHES} random batches, cycled)"
 
 
@@ -136,7 +136,7 @@ def model_batches(namespace: dict, entry: Entry, data: str | None, path: str, se
         return generated_batches(entry, seed)
     if not callable(source):
         raise CliError(f"{path}: `batches` must be a function batches(data_path)", EXIT_MODEL)
-    names = [s.name for s, _ in entry.program.inputs]
+    names = [n for n, _ in entry.program.arguments]
 
     def epochs():
         epoch = 0
@@ -304,7 +304,6 @@ def cmd_run(args) -> int:
     if lead:
         print(summary(entry.name, losses, elapsed) + (f" (rank 0's shard; {world} ranks)" if world > 1 else ""))
     if args.save and lead:
-
         scratch = {id(a) for e in bundle.entries if e.kind == "train_step" for a in e.export.obj.scratch_arrays}
         state = {k: a for k, a in bundle.state.items() if id(a) not in scratch}
         try:

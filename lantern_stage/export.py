@@ -37,7 +37,7 @@ from .ir import Alias, Call, Jump, Lam, Prim, walk
 from .nn.module import Module
 from .optim import Optimizer
 from .program import Program, output_layout, render_module
-from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH, EntryPoint, Library
+from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH, EntryPoint, Library, flatten_arguments
 from .staging import captured_array, user_location
 from .train import TrainStep
 from .tree import TreeDef, tree_unflatten
@@ -60,6 +60,7 @@ class Export:
     name: str
     obj: CompiledFunction
     where: str
+    example_args: tuple | None = None  # fixes the signature of un-annotated inputs
 
     @property
     def is_train_step(self) -> bool:
@@ -69,17 +70,22 @@ class Export:
 _collectors: list[list[Export]] = []
 
 
-def export(obj=None, *, name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DEFAULT_MAX_DEPTH):
+def export(obj=None, *, name=None, example_args=None, arena_bytes=DEFAULT_ARENA_BYTES,
+           max_depth=DEFAULT_MAX_DEPTH):
     """Export an entry point of a model file for `lantern compile` / `lantern run`.
 
     `@lt.export` (or `@lt.export(name=..., arena_bytes=...)`) on a function with
     annotated inputs compiles it like `lt.compile`; `lt.export(obj, name=...)`
     exports an `lt.train_step` or `lt.compile` object.  Returns the compiled
     object, callable from Python as before.  `name` (default: the object's
-    name) becomes the function's name in the compiled package.
+    name) becomes the function's name in the compiled package.  A package has
+    one signature per entry point: inputs without annotations take theirs from
+    `example_args`, a tuple of arguments (numpy arrays, numbers, or nestings),
+    as a first call would.
     """
     if obj is None:
-        return functools.partial(export, name=name, arena_bytes=arena_bytes, max_depth=max_depth)
+        return functools.partial(export, name=name, example_args=example_args, arena_bytes=arena_bytes,
+                                 max_depth=max_depth)
     if isinstance(obj, CompiledFunction):
         compiled = obj
     elif callable(obj) and hasattr(obj, "__code__"):
@@ -92,7 +98,9 @@ def export(obj=None, *, name=None, arena_bytes=DEFAULT_ARENA_BYTES, max_depth=DE
     name = name or compiled.name
     if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
         raise ValueError(f"lt.export: name {name!r} is not a Python identifier")
-    record = Export(name, compiled, user_location())
+    if example_args is not None and not isinstance(example_args, (tuple, list)):
+        raise TypeError(f"lt.export: example_args must be a tuple of arguments, got {type(example_args).__name__}")
+    record = Export(name, compiled, user_location(), None if example_args is None else tuple(example_args))
     for collector in _collectors:
         collector.append(record)
     return compiled
@@ -156,23 +164,25 @@ def run_model_file(path) -> tuple[list[Export], dict]:
 
 # ------------------------------------------------------------------ index operands
 # Kernel primitives that read an int32 operand as indices: kind -> (operand
-# position, attribute holding the bound, what the indices are).  The C++
-# kernels check every index too (cpp_runtime/error.h check_index); knowing the
-# bounds lets a loader reject a bad input before any C++ runs, and lets
-# `lantern run` generate valid data.
+# position, attribute holding the bound, what the indices are, whether a
+# negative index counts from the end as in numpy).  The C++ kernels check every
+# index too (cpp_runtime/error.h check_index, wrap_index); knowing the bounds
+# lets a loader reject a bad input before any C++ runs, and lets `lantern run`
+# generate valid data.
 INDEX_OPERANDS = {
-    "nll": (1, "C", "nll_loss target"),
-    "nll_backward": (1, "C", "nll_loss target"),
-    "gather_rows": (1, "rows", "embedding index"),
-    "scatter_add_rows": (1, "rows", "embedding index"),
-    "take_row": (1, "rows", "row index"),
-    "take_row_backward": (1, "rows", "row index"),
+    "nll": (1, "C", "nll_loss target", False),
+    "nll_backward": (1, "C", "nll_loss target", False),
+    "gather_rows": (1, "rows", "embedding index", False),
+    "scatter_add_rows": (1, "rows", "embedding index", False),
+    "take_row": (1, "rows", "row index", True),
+    "take_row_backward": (1, "rows", "row index", True),
 }
 
 
 def index_ranges(program: Program) -> list[list[dict]]:
     """Per input of `program`: the ranges of its flat elements used as indices,
-    [{"offset", "size", "bound", "use"}] meaning 0 <= x[offset:offset+size] < bound.
+    [{"offset", "size", "low", "bound", "use"}] meaning low <= x[offset:offset+size] < bound
+    (low is 0, or -bound for an index that wraps like numpy's).
 
     Follows zero-copy views (`Alias`) and the arguments of staged function
     calls and continuation jumps; a variable reached from two different places
@@ -213,23 +223,25 @@ def index_ranges(program: Program) -> list[list[dict]]:
     found: list[set] = [set() for _ in program.inputs]
     for _, stmt in walk(program.body):
         if isinstance(stmt, Prim) and stmt.kind in INDEX_OPERANDS:
-            pos, attr, use = INDEX_OPERANDS[stmt.kind]
+            pos, attr, use, wraps = INDEX_OPERANDS[stmt.kind]
             var = stmt.ins[pos]
             where = origin.get(id(var))
             if where is not None and getattr(var.type, "shape", None) is not None:
                 k, offset = where
-                found[k].add((offset, max(var.size, 1), int(stmt.attrs[attr]), use))
+                bound = int(stmt.attrs[attr])
+                found[k].add((offset, max(var.size, 1), -bound if wraps else 0, bound, use))
     return [_merge_ranges(sorted(f)) for f in found]
 
 
 def _merge_ranges(ranges) -> list[dict]:
     out: list[dict] = []
-    for offset, size, bound, use in ranges:
+    for offset, size, low, bound, use in ranges:
         last = out[-1] if out else None
-        if last and last["bound"] == bound and last["use"] == use and offset <= last["offset"] + last["size"]:
+        if (last and (last["low"], last["bound"], last["use"]) == (low, bound, use)
+                and offset <= last["offset"] + last["size"]):
             last["size"] = max(last["size"], offset + size - last["offset"])
         else:
-            out.append(dict(offset=offset, size=size, bound=bound, use=use))
+            out.append(dict(offset=offset, size=size, low=low, bound=bound, use=use))
     return out
 
 
@@ -250,8 +262,17 @@ class Entry:
         return "train_step" if self.export.is_train_step else "function"
 
     def signature(self) -> str:
-        args = ", ".join(f"{s.name}: {s.describe()}" for s, _ in self.program.inputs)
-        return f"{self.name}({args}) -> {self.returns()}"
+        return f"{self.name}({self.program.signature()}) -> {self.returns()}"
+
+    def flatten_batch(self, batch) -> list:
+        """The leaf arrays of one input tuple (nested arguments flattened)."""
+        return flatten_arguments(self.name, self.program.argument_trees, list(batch))
+
+    def unflatten_batch(self, leaves) -> tuple:
+        """An input tuple from leaf arrays, in each argument's nesting."""
+        it = iter(leaves)
+        return tuple(tree_unflatten(tree, [next(it) for _ in range(tree.num_leaves)])
+                     for _, tree in self.program.arguments)
 
     def returns(self) -> str:
         if self.kind == "train_step":
@@ -283,21 +304,45 @@ class Bundle:
         self.state: "OrderedDict[str, np.ndarray]" = OrderedDict()  # key -> the live array
         self._key_of: dict[int, str] = {}
         self._guess = _namespace_names(namespace or {})
+        programs = [self._stage(e) for e in exports]  # before state_dict, which needs the staged steps
         for e in exports:
             if e.is_train_step:
                 for key, array in e.obj.state_dict().items():
                     self._add(key, array)
-        self.entries = [self._stage(e) for e in exports]
+        self.entries = [self._entry(e, p) for e, p in zip(exports, programs)]
         self._check_no_overlap()
 
     # ---------------------------------------------------------------- staging
-    def _stage(self, e: Export) -> Entry:
+    def _stage(self, e: Export) -> Program:
+        obj, example = e.obj, e.example_args
+        path = self.model_file or e.where.rsplit(":", 1)[0]
+        what = f"cannot stage entry point {e.name!r} (exported at {e.where})"
         try:
-            program = e.obj.program
-        except Exception as exc:  # a staging error, a bad annotation, a bug in the model's code
-            path = self.model_file or e.where.rsplit(":", 1)[0]
-            raise ModelError(f"cannot stage entry point {e.name!r} (exported at {e.where}): "
-                             f"{describe_exception(exc, path)}") from exc
+            if example is None and not obj.is_fixed:
+                missing = ", ".join(repr(n) for n, t in obj.parameters if t is None)
+                raise ModelError(
+                    f"{what}: input(s) {missing} have no annotation, so a compiled package cannot know their "
+                    "types: annotate them (e.g. lt.Tensor[32, 10]) or give example inputs, "
+                    "lt.export(..., example_args=(...))"
+                )
+            # binding the example arguments and taking their types runs no model code
+            specialization = None if example is None else obj.specialize(*example)
+        except ModelError:
+            raise
+        except Exception as exc:  # a bad annotation; example_args that do not bind
+            raise ModelError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        try:
+            program = obj.program if specialization is None else specialization.program
+        except Exception as exc:  # a staging error, a bug in the model's code
+            raise ModelError(f"{what}: {describe_exception(exc, path)}") from exc
+        if example is not None:
+            try:
+                obj.check_example(*example)
+            except (TypeError, ValueError) as exc:
+                raise ModelError(f"{what}: example_args do not fit: {type(exc).__name__}: {exc}") from exc
+        return program
+
+    def _entry(self, e: Export, program: Program) -> Entry:
         program = dataclasses.replace(program, name=e.name)
         keys = []
         for holder, _var in program.captures:
@@ -368,12 +413,13 @@ class Bundle:
                 kind=e.kind,
                 has_aux=bool(getattr(obj, "has_aux", False)),
                 signature=e.signature(),
+                arguments=[dict(name=n, tree=t) for n, t in p.argument_trees],
                 doc=doc.splitlines()[0] if doc else "",
                 exported_at=e.export.where,
                 inputs=[dict(name=s.name, kind=s.kind, shape=list(s.shape), dtype=s.dtype, index_ranges=r)
                         for (s, _), r in zip(p.inputs, e.index_ranges)],
                 outputs=[dict(shape=list(shape), dtype=dtype) for shape, dtype in output_layout(p)],
-                out_tree=tree_to_json(p.out_tree),
+                out_tree=p.out_tree.to_json(),
                 captures=e.captures,
                 arena_bytes=int(obj.arena_bytes),
                 max_depth=int(obj.max_depth),
@@ -403,7 +449,7 @@ class Bundle:
             p, obj = e.program, e.export.obj
             entry = EntryPoint(library, p.symbol, e.name, [s for s, _ in p.inputs], output_layout(p),
                                functools.partial(tree_unflatten, p.out_tree), obj.arena_bytes, obj.max_depth,
-                               [(h, v.shape, v.dtype) for h, v in p.captures])
+                               [(h, v.shape, v.dtype) for h, v in p.captures], p.argument_trees)
             if e.kind == "train_step":
                 out[e.name] = _float_loss(entry, obj.has_aux)
             else:
@@ -448,12 +494,3 @@ def _fallback_key(holder) -> str:
     if isinstance(holder, Generator):
         return "rng.default"
     return "captured." + (getattr(holder, "lantern_name", None) or "array")
-
-
-def tree_to_json(tree: TreeDef):
-    if tree.kind in ("leaf", "none"):
-        return tree.kind
-    out = {"kind": tree.kind, "children": [tree_to_json(c) for c in tree.children]}
-    if tree.kind == "dict":
-        out["keys"] = list(tree.keys)
-    return out

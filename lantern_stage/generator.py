@@ -18,6 +18,9 @@ DEFAULT_SEED = 67280421310721  # PyTorch's default seed
 
 
 class Generator:
+    """A seeded random stream (torch.Generator's role): pass it to lt.dropout
+    (`generator=`); its state is an int32[4] array saved in checkpoints."""
+
     lantern_name = "rng"
 
     def __init__(self, seed: int = DEFAULT_SEED):

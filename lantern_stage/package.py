@@ -145,7 +145,8 @@ def write_package(bundle: Bundle, folder: Path, name: str, library: Path) -> Non
     _write(folder / "_runtime.py", f"# Copied from lantern_stage {__version__} (lantern_stage/runtime.py).\n" + runtime)
     _write(folder / "manifest.json", _json_text(manifest))
     entries = [dict(name=e["name"], kind=e["kind"], signature=e["signature"], doc=_pydoc(e["doc"]),
-                    args=[i["name"] for i in e["inputs"]], table=_free_name("_ENTRIES", [i["name"] for i in e["inputs"]]))
+                    args=[a["name"] for a in e["arguments"]],
+                    table=_free_name("_ENTRIES", [a["name"] for a in e["arguments"]]))
                for e in manifest["entries"]]
     _write(folder / "__init__.py", _ENV.get_template("package_init.py.j2").render(
         name=name, version=__version__, model_file=_pydoc(str(bundle.model_file)), entries=entries,
@@ -175,6 +176,14 @@ def compiler_flags() -> list[str]:
             and not f.startswith(("-I", "-L", "-l", "-Wl,"))]
 
 
+def data_file_name(input_name: str) -> str:
+    """The standalone program's data/<name>.npy of an input: a leaf of a
+    nested argument, params["w"] or xs[0], is params.w or xs.0."""
+    name = re.sub(r'\["([^"]*)"\]|\[(\d+)\]', lambda m: "." + (m.group(1) if m.group(1) is not None else m.group(2)),
+                  input_name)
+    return re.sub(r"[^\w.]", "_", name)
+
+
 def write_standalone(bundle: Bundle, folder: Path, name: str, entry: Entry, batches: list | None) -> Path:
     """folder/standalone/: a C++ program training `entry` without Python.
     `batches` (input tuples) become data/<input>.npy, stacked."""
@@ -190,10 +199,11 @@ def write_standalone(bundle: Bundle, folder: Path, name: str, entry: Entry, batc
         for key in entry.captures:
             np.save(root / "init" / f"{key}.npy", np.array(bundle.state[key], order="C"))
         specs = [s for s, _ in entry.program.inputs]
+        leaves = [entry.flatten_batch(b) for b in batches or []]
         for k, spec in enumerate(specs):
-            stacked = np.stack([np.asarray(b[k], dtype=spec.dtype) for b in batches or []]) if batches else None
+            stacked = np.stack([np.asarray(b[k], dtype=spec.dtype) for b in leaves]) if leaves else None
             if stacked is not None:
-                np.save(root / "data" / f"{spec.name}.npy", stacked)
+                np.save(root / "data" / f"{data_file_name(spec.name)}.npy", stacked)
     except OSError as e:
         raise OutputError(f"cannot write into {root}: {e.strerror or e}") from None
 
@@ -203,7 +213,7 @@ def write_standalone(bundle: Bundle, folder: Path, name: str, entry: Entry, batc
     _write(root / "module.cpp", bundle.cpp_source)
     _write(root / "main.cpp", _ENV.get_template("standalone_main.cpp.j2").render(
         **common, symbol=p.symbol,
-        inputs=[dict(name=s.name, dtype=s.dtype, shape=s.shape) for s in specs],
+        inputs=[dict(name=data_file_name(s.name), dtype=s.dtype, shape=s.shape) for s in specs],
         state=[dict(name=k, dtype=str(bundle.state[k].dtype), shape=bundle.state[k].shape) for k in entry.captures],
         outputs=[dict(dtype=v.dtype, shape=v.shape) for v in p.outputs],
         arena_bytes=int(obj.arena_bytes), max_depth=int(obj.max_depth)))

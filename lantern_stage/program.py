@@ -14,20 +14,32 @@ from . import __version__, ir
 from .codegen.cpp import LoopKernels, render_body
 from .ops.registry import Emitter, staged_leaves
 from .paths import TEMPLATE_DIR
-from .runtime import ArgSpec
+from .runtime import ArgSpec, describe_tree, leaf_path
 from .staging import Builder, Rep, staging_context
-from .tree import TreeDef
+from .tree import TreeDef, tree_flatten, tree_unflatten
 from .types import CPP_TYPE, IntArrayType, TensorType, annotation_type
 
 
 @dataclass
 class Program:
     name: str
-    inputs: list[tuple[ArgSpec, ir.Var]]
+    inputs: list[tuple[ArgSpec, ir.Var]]  # one per leaf array of the arguments
     outputs: list[ir.Var]
     out_tree: TreeDef
     body: ir.Block
     captures: list = field(default_factory=list)  # (holder, Var): arrays passed by pointer
+    # (name, structure) per argument: a leaf, or a nested dict / tuple / list of leaves
+    arguments: list[tuple[str, TreeDef]] = field(default_factory=list)
+
+    @property
+    def argument_trees(self) -> list[tuple[str, object]]:
+        """`arguments` in the JSON form lantern_stage.runtime (and a package) reads."""
+        return [(n, t.to_json()) for n, t in self.arguments]
+
+    def signature(self) -> str:
+        """The arguments and their types: "x: float32[3, 4], p: {"w": float32[4]}"."""
+        leaves = iter(s.describe() for s, _ in self.inputs)
+        return ", ".join(f"{n}: {describe_tree(t, leaves)}" for n, t in self.argument_trees)
 
     @property
     def c_name(self) -> str:
@@ -48,8 +60,10 @@ class Program:
         return f"def {self.name}({params}) -> ({outs}):\n" + ir.format_block(self.body, 1)
 
 
-def input_specs(fn) -> list[tuple[str, object]]:
-    """(name, static type) of each parameter, from the function's annotations."""
+def parameter_types(fn) -> list[tuple[str, object]]:
+    """(name, static type) of each parameter from the function's annotations;
+    the type is a nesting of types for a dict / tuple / list annotation, and
+    None for a parameter without annotation (its type comes from a call)."""
     try:
         annotations = inspect.get_annotations(fn, eval_str=True)
     except Exception as e:  # a NameError in a string annotation, say
@@ -57,13 +71,23 @@ def input_specs(fn) -> list[tuple[str, object]]:
     specs = []
     for p in inspect.signature(fn).parameters.values():
         if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-            raise TypeError(f"{fn.__qualname__}: *args/**kwargs cannot be staged; annotate each input")
+            raise TypeError(f"{fn.__qualname__}: *args/**kwargs cannot be staged; name each input")
         if p.name not in annotations:
+            specs.append((p.name, None))
+            continue
+        specs.append((p.name, annotation_type(annotations[p.name], f"{fn.__qualname__}: parameter {p.name!r}")))
+    return specs
+
+
+def input_specs(fn) -> list[tuple[str, object]]:
+    """(name, static type) of each parameter; every one must be annotated."""
+    specs = parameter_types(fn)
+    for name, t in specs:
+        if t is None:
             raise TypeError(
-                f"{fn.__qualname__}: parameter {p.name!r} has no annotation; "
+                f"{fn.__qualname__}: parameter {name!r} has no annotation; "
                 "annotate it, e.g. lt.Tensor[32, 10] or lt.IntArray"
             )
-        specs.append((p.name, annotation_type(annotations[p.name], f"{fn.__qualname__}: parameter {p.name!r}")))
     return specs
 
 
@@ -95,23 +119,44 @@ def c_name(name: str) -> str:
     return "in_" + c_identifier(name)
 
 
-def make_input(b: Builder, name: str, type_) -> tuple[ArgSpec, ir.Var]:
+def make_input(b: Builder, name: str, type_, cname: str | None = None) -> tuple[ArgSpec, ir.Var]:
     if isinstance(type_, IntArrayType):
         spec = ArgSpec(name, "intarray", (), "int32")
     else:
         spec = ArgSpec(name, "tensor", type_.shape, type_.dtype)
     var = b.new_var(type_)
-    var.name = c_name(name)
+    var.name = c_name(cname or name)
     return spec, var
 
 
+def make_inputs(b: Builder, specs) -> tuple[list[tuple[ArgSpec, ir.Var]], list, list[tuple[str, TreeDef]]]:
+    """One input per leaf of each (name, type or nesting of types) in `specs`:
+    the flat inputs, the staged arguments in their nesting, and each
+    argument's structure."""
+    inputs, args, arguments, cnames = [], [], [], set()
+    for name, type_tree in specs:
+        types, tree = tree_flatten(type_tree)
+        reps = []
+        for type_, keys in zip(types, tree.leaf_keys()):
+            cname = "_".join([name, *map(str, keys)])
+            while c_name(cname) in cnames:  # params["a_b"] and params["a"]["b"]
+                cname += "_"
+            cnames.add(c_name(cname))
+            spec, var = make_input(b, leaf_path(name, keys), type_, cname)
+            inputs.append((spec, var))
+            reps.append(Rep(var, b.root))
+        args.append(tree_unflatten(tree, reps))
+        arguments.append((name, tree))
+    return inputs, args, arguments
+
+
 def stage(fn, name: str, specs) -> Program:
-    """Run `fn` on staged inputs (`specs`: (name, type) pairs), recording IR."""
+    """Run `fn` on staged inputs (`specs`: (name, type) pairs, a type possibly a
+    nested dict / tuple / list of types), recording IR."""
     b = Builder()
     with staging_context(b):
-        inputs = [make_input(b, n, t) for n, t in specs]
-        reps = [Rep(v, b.root) for _, v in inputs]
-        reps_out, tree = staged_leaves(fn(*reps), f"{name} result")
+        inputs, args, arguments = make_inputs(b, specs)
+        reps_out, tree = staged_leaves(fn(*args), f"{name} result")
 
         def store_outputs():
             em = Emitter(b, "outputs")
@@ -120,7 +165,7 @@ def stage(fn, name: str, specs) -> Program:
 
         body = b.close_scope(store_outputs)
     outputs = [r.var for r in reps_out]
-    return Program(name, inputs, outputs, tree, body, list(b.captures))
+    return Program(name, inputs, outputs, tree, body, list(b.captures), arguments)
 
 
 def prologue(program: Program) -> list[str]:
@@ -173,4 +218,4 @@ def output_layout(program: Program) -> list[tuple[tuple, str]]:
     return [(v.shape, v.dtype) for v in program.outputs]
 
 
-__all__ = ["Program", "stage", "render_module", "input_specs", "TensorType"]
+__all__ = ["Program", "stage", "render_module", "input_specs", "parameter_types", "TensorType"]

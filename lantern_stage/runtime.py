@@ -90,11 +90,16 @@ class EntryPoint:
 
     def __init__(self, library: Library, symbol: str, name: str, inputs: list[ArgSpec],
                  outputs: list[tuple[tuple, str]], unflatten, arena_bytes=DEFAULT_ARENA_BYTES,
-                 max_depth=DEFAULT_MAX_DEPTH, captures=()):
+                 max_depth=DEFAULT_MAX_DEPTH, captures=(), arguments=None):
         self.library = library
         self.symbol = symbol
         self.name = name
-        self.inputs = inputs
+        self.inputs = inputs  # one ArgSpec per leaf array
+        # (name, structure) per argument: "leaf", or a nested dict / tuple / list of
+        # leaves (see flatten_arguments); by default every input is one argument
+        self.arguments = [(s.name, "leaf") for s in inputs] if arguments is None else list(arguments)
+        self._names = [n for n, _ in self.arguments]
+        self._nested = any(tree != "leaf" for _, tree in self.arguments)
         self.outputs = outputs
         self.unflatten = unflatten
         self.arena_bytes = arena_bytes
@@ -105,20 +110,24 @@ class EntryPoint:
         self._fn = getattr(library.lib, symbol)
 
     def check_args(self, args, kwargs) -> list[np.ndarray]:
-        specs = self.inputs
-        if len(args) > len(specs):
-            raise TypeError(f"{self.name}() takes {len(specs)} arguments ({self.signature()}), got {len(args)}")
-        values = dict(zip((s.name for s in specs), args))
+        specs, names = self.inputs, self._names
+        if len(args) > len(names):
+            raise TypeError(f"{self.name}() takes {len(names)} arguments ({self.signature()}), got {len(args)}")
+        values = dict(zip(names, args))
         for k, v in kwargs.items():
-            if k not in {s.name for s in specs}:
+            if k not in names:
                 raise TypeError(f"{self.name}() got an unexpected argument {k!r}; expected {self.signature()}")
             if k in values:
                 raise TypeError(f"{self.name}() got argument {k!r} twice")
             values[k] = v
-        missing = [s.name for s in specs if s.name not in values]
+        missing = [n for n in names if n not in values]
         if missing:
             raise TypeError(f"{self.name}() missing argument(s) {', '.join(map(repr, missing))}; expected {self.signature()}")
-        arrays = [check_arg(self.name, s, values[s.name]) for s in specs]
+        if self._nested:
+            leaves = flatten_arguments(self.name, self.arguments, [values[n] for n in names])
+        else:
+            leaves = [values[n] for n in names]
+        arrays = [check_arg(self.name, s, v) for s, v in zip(specs, leaves)]
         for holder, shape, dtype in self.captures:
             array = holder.lantern_array() if hasattr(holder, "lantern_array") else holder
             # Every call: an array can be resized, reshaped or re-typed in place
@@ -132,7 +141,8 @@ class EntryPoint:
         return arrays
 
     def signature(self) -> str:
-        return ", ".join(f"{s.name}: {s.describe()}" for s in self.inputs)
+        leaves = iter(s.describe() for s in self.inputs)
+        return ", ".join(f"{name}: {describe_tree(tree, leaves)}" for name, tree in self.arguments)
 
     def __call__(self, *args, **kwargs):
         arrays = self.check_args(args, kwargs)
@@ -166,6 +176,71 @@ class EntryPoint:
             message = ffi.string(status.message).decode(errors="replace")
             raise _ERRORS.get(kind, LanternRuntimeError)(f"{self.name}: {message}")
         return outs
+
+
+# ---------------------------------------------------------------- nested arguments
+# An argument annotated with a dict / tuple / list of types is passed as the
+# matching nested structure of arrays.  Its structure is kept in the JSON form a
+# compiled package's manifest stores: "leaf", "none", or {"kind": "dict" |
+# "tuple" | "list", "children": [...], "keys": [...] (dicts)}.  Leaves are named
+# by their path: params["w"], layers[0]["b"].
+def leaf_path(name: str, keys) -> str:
+    return name + "".join(f'["{k}"]' if isinstance(k, str) else f"[{k}]" for k in keys)
+
+
+def flatten_arguments(fn_name: str, arguments, values) -> list:
+    """The leaves of each argument value, in order, after checking that the
+    value has its argument's structure (TypeError / ValueError naming the path)."""
+    leaves: list = []
+    for (name, tree), value in zip(arguments, values):
+        # A worklist, so deep nesting cannot exhaust Python's stack.
+        work = [(tree, value, name)]
+        while work:
+            tree, value, path = work.pop()
+            if tree == "leaf":
+                leaves.append(value)
+                continue
+            where = f"{fn_name}() argument {path!r}"
+            if tree == "none":
+                if value is not None:
+                    raise TypeError(f"{where}: expected None, got {type(value).__name__}")
+                continue
+            children, kind = tree["children"], tree["kind"]
+            if kind == "dict":
+                keys = tree["keys"]
+                if not isinstance(value, dict):
+                    raise TypeError(f"{where}: expected a dict with keys {', '.join(map(repr, keys))}, "
+                                    f"got {type(value).__name__}")
+                missing = [k for k in keys if k not in value]
+                unexpected = [k for k in value if k not in keys]
+                if missing or unexpected:
+                    raise ValueError(f"{where}: " + "; ".join(
+                        text for text in (missing and f"missing key(s) {', '.join(map(repr, missing))}",
+                                          unexpected and f"unexpected key(s) {', '.join(map(repr, unexpected))}")
+                        if text))
+                items = [(c, value[k], leaf_path(path, [k])) for k, c in zip(keys, children)]
+            else:
+                if not isinstance(value, (tuple, list)):
+                    raise TypeError(f"{where}: expected a {kind} of {len(children)}, got {type(value).__name__}")
+                if len(value) != len(children):
+                    raise ValueError(f"{where}: expected a {kind} of {len(children)}, got {len(value)} items")
+                items = [(c, v, leaf_path(path, [i])) for i, (c, v) in enumerate(zip(children, value))]
+            work.extend(reversed(items))
+    return leaves
+
+
+def describe_tree(tree, leaves) -> str:
+    """`tree` (the JSON form) with each leaf replaced by the next string of `leaves`."""
+    if tree == "leaf":
+        return next(leaves)
+    if tree == "none":
+        return "None"
+    parts = [describe_tree(c, leaves) for c in tree["children"]]
+    if tree["kind"] == "dict":
+        return "{" + ", ".join(f'"{k}": {p}' for k, p in zip(tree["keys"], parts)) + "}"
+    if tree["kind"] == "tuple":
+        return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+    return "[" + ", ".join(parts) + "]"
 
 
 def check_captured(fn_name: str, holder, shape, dtype) -> np.ndarray:

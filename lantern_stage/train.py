@@ -39,13 +39,11 @@ from .nn.module import Module, bind, copy_state, raise_state_problems, state_pro
 from .ops.registry import Emitter, as_rep
 from .optim import Optimizer, _State, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
 from .staging import current
-from .passes import run_passes
-from .program import input_specs, stage
 from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH, read_arrays, save_arrays
 
 
 def _data_inputs(loss_fn):
-    """A stand-in for `loss_fn` without its first (model) parameter, for `input_specs`."""
+    """A stand-in for `loss_fn` without its first (model) parameter: the step's signature."""
     sig = inspect.signature(loss_fn)
     params = list(sig.parameters.values())
     if not params:
@@ -86,7 +84,9 @@ class TrainStep(CompiledFunction):
         super().__init__(loss_fn, name or f"train_{loss_fn.__name__}", arena_bytes, max_depth)
         self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
         self.clip_grad_norm, self.clip_grad_value, self.has_aux = clip_grad_norm, clip_grad_value, has_aux
-        self.specs = input_specs(_data_inputs(loss_fn))
+        self._data_inputs = _data_inputs(loss_fn)
+        self.parameters  # noqa: B018 - a bad annotation is an error here, not at the first step
+        self._pending_rng = None  # generator states loaded before the first signature was staged
         for n, p in model.named_parameters():  # readable C++ names
             p.lantern_name = n
         self._configure(accumulate, data_parallel)
@@ -95,7 +95,9 @@ class TrainStep(CompiledFunction):
         """Set accumulation and data parallelism (before staging: `lantern run
         --procs` turns a model file's step data-parallel this way)."""
         self.accumulate, self.data_parallel = accumulate, bool(data_parallel)
-        self._program = self._source = self._entry = None
+        self._table.clear()  # every signature is staged anew
+        self._by_layout.clear()
+        self._current = None
         # Every gradient in one flat buffer: the accumulator of `accumulate`
         # and the one buffer the data-parallel all-reduce exchanges.
         self._grads = self._count = None
@@ -105,13 +107,11 @@ class TrainStep(CompiledFunction):
         if accumulate > 1:
             self._count = _State(np.zeros((), np.float32), "accumulated")
 
-    @property
-    def program(self):
-        if self._program is None:
-            program = stage(self._staged, self.name, self.specs)
-            run_passes(program)
-            self._program = program
-        return self._program
+    def _staged_function(self):
+        return self._staged
+
+    def _signature_function(self):
+        return self._data_inputs
 
     def _staged(self, *inputs):
         params = self.optimizer.params
@@ -160,14 +160,12 @@ class TrainStep(CompiledFunction):
             grads = _clip_value(grads, self.clip_grad_value)
         self.optimizer.update(grads)
 
-    @property
-    def entry(self):
-        fresh = self._entry is None
-        entry = super().entry
-        if fresh and self.data_parallel:
+    def _loaded(self, entry) -> None:
+        """A signature's library is loaded: join the ranks and start them all
+        from rank 0's state."""
+        if self.data_parallel:
             distributed.connect(entry.library)
             distributed.broadcast(self.synchronized_arrays())
-        return entry
 
     def synchronized_arrays(self) -> list[np.ndarray]:
         """What a data-parallel step keeps identical on every rank: the model's
@@ -187,7 +185,10 @@ class TrainStep(CompiledFunction):
         return int(self._count.array) if self._count is not None else 0
 
     def __call__(self, *args, **kwargs):
-        out = self.entry(*args, **kwargs)
+        if self._pending_rng is not None:  # stage this signature and set the loaded generator states
+            self.specialize(*args, **kwargs)
+            self.generators  # noqa: B018
+        out = self._call_entry(args, kwargs)
         if self.has_aux:
             loss, aux = out
             return float(loss), aux
@@ -196,8 +197,20 @@ class TrainStep(CompiledFunction):
     # ------------------------------------------------------------ checkpoints
     @property
     def generators(self) -> list[Generator]:
-        """The random generators the staged step draws from (dropout)."""
-        return [h for h, _ in self.program.captures if isinstance(h, Generator)]
+        """The random generators the staged step draws from (dropout), over
+        every signature compiled so far (none before the first call of a step
+        without annotations)."""
+        if self.is_fixed:
+            self.program  # noqa: B018 - stage it
+        found: list[Generator] = []
+        for specialization in self._table.values():
+            for h, _ in specialization.program.captures:
+                if isinstance(h, Generator) and all(h is not g for g in found):
+                    found.append(h)
+        if self._pending_rng is not None and self._table:
+            pending, self._pending_rng = self._pending_rng, None
+            self._set_rng(found, pending)
+        return found
 
     def state_dict(self) -> "OrderedDict[str, np.ndarray]":
         """Everything a run needs to resume exactly: "model.<name>" parameters
@@ -225,8 +238,12 @@ class TrainStep(CompiledFunction):
             else:
                 foreign.append(k)
         gens = self.generators
-        owners = [("model.", self.model.state_dict()), ("optimizer.", self.optimizer.state_dict()),
-                  ("rng.", OrderedDict((str(i), g.state) for i, g in enumerate(gens)))]
+        # No signature staged yet (no annotations, no call): the generator
+        # states are set when the first one is.
+        deferred = not gens and not self._table and bool(parts["rng"])
+        owners = [("model.", self.model.state_dict()), ("optimizer.", self.optimizer.state_dict())]
+        if not deferred:
+            owners.append(("rng.", OrderedDict((str(i), g.state) for i, g in enumerate(gens))))
         missing, unexpected, wrong = [], list(foreign), []
         for (prefix, own), part in zip(owners, parts.values()):
             m, u, w = state_problems(own, part, prefix)
@@ -236,6 +253,15 @@ class TrainStep(CompiledFunction):
         raise_state_problems("load_state_dict", missing, unexpected, wrong)
         for (_, own), part in zip(owners, parts.values()):
             copy_state(own, part)
+        if deferred:
+            self._pending_rng = parts["rng"]
+
+    @staticmethod
+    def _set_rng(gens, states) -> None:
+        if sorted(states) != [str(i) for i in range(len(gens))]:
+            raise KeyError(f"load_state_dict: expected {len(gens)} generator state(s), got keys {sorted(states)}")
+        for i, g in enumerate(gens):
+            g.set_state(states[str(i)])
 
     def save(self, path) -> None:
         """Write the state_dict to an .npz file (between updates: a checkpoint

@@ -16,6 +16,28 @@ class TreeDef:
             return 1
         return sum(c.num_leaves for c in self.children)
 
+    def to_json(self):
+        """The JSON form compiled packages store (lantern_stage.runtime reads it)."""
+        if self.kind in ("leaf", "none"):
+            return self.kind
+        out = {"kind": self.kind, "children": [c.to_json() for c in self.children]}
+        if self.kind == "dict":
+            out["keys"] = list(self.keys)
+        return out
+
+    def leaf_keys(self) -> list[tuple]:
+        """The path of each leaf, in order: a tuple of dict keys and sequence indices."""
+        out: list[tuple] = []
+        work = [(self, ())]
+        while work:
+            tree, keys = work.pop()
+            if tree.kind == "leaf":
+                out.append(keys)
+                continue
+            labels = tree.keys if tree.kind == "dict" else range(len(tree.children))
+            work.extend(reversed([(c, keys + (k,)) for k, c in zip(labels, tree.children)]))
+        return out
+
     def __str__(self) -> str:
         if self.kind == "leaf":
             return "*"

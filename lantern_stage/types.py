@@ -11,6 +11,8 @@ import numbers
 from dataclasses import dataclass
 from math import prod
 
+import numpy as np
+
 DTYPES = ("float32", "int32", "bool")
 CPP_TYPE = {"float32": "float", "int32": "int32_t", "bool": "bool"}
 NUMPY_DTYPE = {"float32": "float32", "int32": "int32", "bool": "bool"}
@@ -18,6 +20,9 @@ NUMPY_DTYPE = {"float32": "float32", "int32": "int32", "bool": "bool"}
 
 @dataclass(frozen=True)
 class TensorType:
+    """The static type of a staged tensor: a shape and a dtype.  `lt.Int` and
+    `lt.Float` are the 0-d ones (int32, float32 scalars)."""
+
     shape: tuple[int, ...]
     dtype: str = "float32"
 
@@ -96,7 +101,16 @@ class IntArray:
 
 
 def annotation_type(annotation, where: str):
-    """The static type an input annotation denotes, or a TypeError saying what is wrong."""
+    """The static type an input annotation denotes -- or, for a dict / tuple /
+    list of annotations, the same nesting of types -- or a TypeError saying what
+    is wrong and where."""
+    if isinstance(annotation, dict):
+        for k in annotation:
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: the keys of a dict annotation must be strings, got {k!r}")
+        return {k: annotation_type(a, f'{where}["{k}"]') for k, a in annotation.items()}
+    if isinstance(annotation, (tuple, list)):
+        return type(annotation)(annotation_type(a, f"{where}[{i}]") for i, a in enumerate(annotation))
     if isinstance(annotation, (TensorType, IntArrayType)):
         return annotation
     if annotation is IntArray:
@@ -105,5 +119,48 @@ def annotation_type(annotation, where: str):
         raise TypeError(f"{where}: annotate with a shape, e.g. lt.Tensor[32, 10]")
     raise TypeError(
         f"{where}: annotation {annotation!r} is not a staged type; "
-        "use lt.Tensor[d0, d1, ...], lt.Tensor[..., 'int32'], lt.Int or lt.IntArray"
+        "use lt.Tensor[d0, d1, ...], lt.Tensor[..., 'int32'], lt.Int, lt.Float, lt.IntArray, "
+        "or a dict / tuple / list of them"
     )
+
+
+def value_type(value, where: str):
+    """The static type of a call's argument, for a function without annotations:
+    a float32 / int32 / bool numpy array is a tensor of its shape; a Python or
+    numpy number a 0-d one (bool, int -> int32, float -> float32); a dict /
+    tuple / list the same nesting of types (dict keys sorted, as JAX does, so
+    the order they were inserted in does not make a new signature)."""
+    if isinstance(value, np.ndarray):
+        dtype = str(value.dtype)
+        if dtype not in DTYPES:
+            raise TypeError(f"{where}: a {dtype} array cannot be staged; convert it with .astype(np.float32) "
+                            "(or np.int32 for indices)")
+        return TensorType(tuple(int(d) for d in value.shape), dtype)
+    if isinstance(value, (bool, np.bool_)):
+        return TensorType((), "bool")
+    if isinstance(value, (int, np.integer)):
+        return TensorType((), "int32")
+    if isinstance(value, (float, np.floating)):
+        return TensorType((), "float32")
+    if isinstance(value, dict):
+        for k in value:
+            if not isinstance(k, str):
+                raise TypeError(f"{where}: the keys of a dict argument must be strings, got {k!r}")
+        return {k: value_type(value[k], f'{where}["{k}"]') for k in sorted(value)}
+    if isinstance(value, (tuple, list)) and not hasattr(value, "_fields"):
+        return type(value)(value_type(v, f"{where}[{i}]") for i, v in enumerate(value))
+    raise TypeError(
+        f"{where}: cannot take a staged type from {type(value).__name__}; pass numpy arrays (float32, int32, "
+        "bool), numbers, or dicts / tuples / lists of them -- or annotate the parameter"
+    )
+
+
+def format_type(t) -> str:
+    """A type, or a nesting of them, as text: {"w": float32[4,4], "b": float32[4]}."""
+    if isinstance(t, dict):
+        return "{" + ", ".join(f'"{k}": {format_type(v)}' for k, v in t.items()) + "}"
+    if isinstance(t, tuple):
+        return "(" + ", ".join(format_type(v) for v in t) + ("," if len(t) == 1 else "") + ")"
+    if isinstance(t, list):
+        return "[" + ", ".join(format_type(v) for v in t) + "]"
+    return str(t)

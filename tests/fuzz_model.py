@@ -13,14 +13,14 @@ TABLE = (np.arange(24, dtype=np.float32).reshape(6, 4) - 12) / 10  # captured: 6
 def mix(x: lt.Tensor[3, 4], idx: lt.Tensor[5, "int32"], k: lt.Int, labels: lt.Tensor[3, "int32"],
         mask: lt.Tensor[4, "bool"]):
     rows = lt.embedding(TABLE, idx)  # idx in [0, 6)
-    r = lt.where(mask, x[k], 0.0)  # k in [0, 3)
+    r = lt.where(mask, x[k], 0.0)  # k in [-3, 3)
     nll = lt.cross_entropy(x, labels)  # labels in [0, 4)
     return rows * r + nll, lt.sum(x, axis=0)
 
 
 @lt.export
 def pick(a: lt.IntArray, i: lt.Int, v: lt.Tensor[2, 3]):
-    return v * lt.cast(a[i], "float32")  # i in [0, len(a)): checked in C++
+    return v * lt.cast(a[i], "float32")  # i in [-len(a), len(a)): checked in C++
 
 
 @lt.export

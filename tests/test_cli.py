@@ -68,7 +68,7 @@ def test_compile_writes_source_library_manifest_state_and_loader(mlp_out):
     assert [(i["name"], i["shape"], i["dtype"]) for i in train["inputs"]] == [("x", [32, 2], "float32"),
                                                                               ("y", [32], "int32")]
     # the labels index the 3 classes: the loader checks them before C++ runs
-    assert train["inputs"][1]["index_ranges"] == [dict(offset=0, size=32, bound=3, use="nll_loss target")]
+    assert train["inputs"][1]["index_ranges"] == [dict(offset=0, size=32, low=0, bound=3, use="nll_loss target")]
     assert entries["predict"]["signature"] == "predict(x: float32[32, 2]) -> float32[32, 3]"
     keys = [s["key"] for s in manifest["state"]]
     assert keys[:2] == ["model.fc1.weight", "model.fc1.bias"] and "optimizer.0.momentum_buffer" in keys
@@ -377,10 +377,10 @@ def test_no_exported_entry_point(tmp_path):
     expect_failure(lantern("compile", model), cli.EXIT_MODEL, "exports no entry point", "@lt.export")
 
 
-def test_missing_annotation(tmp_path):
+def test_missing_annotation_without_example_args(tmp_path):
     model = write(tmp_path, TINY.replace("x: lt.Tensor[3]", "x"))
     expect_failure(lantern("compile", model, "-o", tmp_path / "out"), cli.EXIT_MODEL,
-                   "entry point 'f'", "model.py:4", "parameter 'x' has no annotation")
+                   "entry point 'f'", "model.py:4", "'x' have no annotation", "example_args=")
 
 
 def test_wrong_annotation(tmp_path):
@@ -497,9 +497,9 @@ def test_index_ranges_follow_views_and_name_their_use():
     (entry,) = Bundle(found).entries
     assert entry.index_ranges == [
         [],
-        [dict(offset=0, size=12, bound=5, use="nll_loss target")],  # ys[0..3] merged
-        [dict(offset=0, size=6, bound=7, use="embedding index")],
-        [dict(offset=0, size=1, bound=4, use="row index")],
+        [dict(offset=0, size=12, low=0, bound=5, use="nll_loss target")],  # ys[0..3] merged
+        [dict(offset=0, size=6, low=0, bound=7, use="embedding index")],
+        [dict(offset=0, size=1, low=-4, bound=4, use="row index")],
         [],  # not used as an index
     ]
     assert list(Bundle(found).state) == ["captured.array"]  # no name in a model file's globals

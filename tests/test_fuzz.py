@@ -130,8 +130,9 @@ def fits_float32(value) -> bool:
     return v <= FLOAT32_MAX or v == float("inf") or v != v
 
 
-def acceptable(value, shape, dtype, bound=None) -> bool:
-    """Whether the loader should accept it (indices in range included)."""
+def acceptable(value, shape, dtype, bound=None, low=0) -> bool:
+    """Whether the loader should accept it (indices in [low, bound) included;
+    low = -bound for an index that counts from the end when negative)."""
     if isinstance(value, np.ma.MaskedArray):
         ok = False
     elif isinstance(value, np.ndarray):
@@ -144,7 +145,7 @@ def acceptable(value, shape, dtype, bound=None) -> bool:
         ok = False
     if ok and bound is not None:
         v = np.asarray(value)
-        ok = bool(((v >= 0) & (v < bound)).all())
+        ok = bool(((v >= low) & (v < bound)).all())
     return ok
 
 
@@ -164,7 +165,7 @@ def log_softmax(z):
        labels=argument((3,), "int32", 4), mask=argument((4,), "bool"))
 def test_inner_mix(x, idx, k, labels, mask):
     pkg = package()
-    ok = (acceptable(x, (3, 4), "float32") and acceptable(idx, (5,), "int32", 6) and acceptable(k, (), "int32", 3)
+    ok = (acceptable(x, (3, 4), "float32") and acceptable(idx, (5,), "int32", 6) and acceptable(k, (), "int32", 3, low=-3)
           and acceptable(labels, (3,), "int32", 4) and acceptable(mask, (4,), "bool"))
     try:
         out, colsum = pkg.mix(x, idx, k, labels, mask)
@@ -189,7 +190,7 @@ def test_inner_pick(a, i, v):
     pkg = package()
     ok = (isinstance(a, np.ndarray) and a.dtype == np.int32 and a.ndim == 1 and a.flags.c_contiguous
           and acceptable(i, (), "int32") and acceptable(v, (2, 3), "float32"))
-    in_range = ok and 0 <= int(i) < len(a)
+    in_range = ok and -len(a) <= int(i) < len(a)  # a negative index counts from the end
     try:
         out = pkg.pick(a, i, v)
     except REJECTED as e:

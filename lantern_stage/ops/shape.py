@@ -136,7 +136,8 @@ def _take_backward(em, out, dout, ins, dins):
         em.prim("take_row_backward", [dins[0]], [dout, i], rows=x.shape[0], width=out.size or 1, acc=True)
 
 
-# x[i] for a staged int i: the row is copied (with a bounds check); its gradient
+# x[i] for a staged int i: the row is copied (with a bounds check; a negative i
+# counts from the end, as in numpy); its gradient
 # is added back into that row.
 take = defop("take", _take_type, _take_forward, _take_backward)
 
@@ -150,7 +151,7 @@ def _array_read_type(a, i):
 
 
 def _array_read_forward(em, out, a, i):
-    em.map(out, "{0}[lt::check_index({1}, {0}_len, \"IntArray read\")]", ("fmt", a.name, []), i)
+    em.map(out, "{0}[lt::wrap_index({1}, {0}_len, \"IntArray read\")]", ("fmt", a.name, []), i)
 
 
 array_read = defop("array_read", _array_read_type, _array_read_forward, no_gradient)
