@@ -165,7 +165,7 @@ def stage(fn, name: str, specs) -> Program:
 
         body = b.close_scope(store_outputs)
     outputs = [r.var for r in reps_out]
-    return Program(name, inputs, outputs, tree, body, list(b.captures), arguments)
+    return Program(name, inputs, outputs, tree, body, list(b.captures), arguments=arguments)
 
 
 def prologue(program: Program) -> list[str]:
