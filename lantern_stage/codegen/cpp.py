@@ -66,6 +66,7 @@ class Renderer:
         self.roots = roots  # alias var id -> root var id
         self.params = params  # ids of continuation and function parameters
         self.rename: dict = {}  # var id -> parameter name, inside a loop function
+        self.locals: dict = {}  # Let name -> positional name, inside a loop function
 
     def line(self, text: str) -> None:
         self.lines.append("  " * self.indent + text)
@@ -147,7 +148,7 @@ class Renderer:
         if tag == "load":
             return self.load(e[1], index)
         if tag == "local":
-            return e[1]
+            return self.locals.get(e[1], e[1])
         args = [self.expr(a, index) for a in e[2]]
         if not args:
             return e[1]
@@ -172,6 +173,10 @@ class Renderer:
             if v.var.storage in ("buf", "scalar") and id(v.var) not in {id(o) for o in operands}:
                 operands.append(v.var)
         params, self.rename = [], {}
+        # Registers named by position, not by the fusion pass's global counter:
+        # identical loops (the unrolled steps of an RNN) then render identically
+        # and share one function.
+        self.locals = {a.name: f"t{k}" for k, a in enumerate(x for x in m.assigns if isinstance(x, ir.Let))}
         for k, var in enumerate(operands):
             self.rename[id(var)] = f"p{k}"
             ctype = CPP_TYPE[var.dtype]
@@ -182,7 +187,7 @@ class Renderer:
             self.loop(m)
             body = self.lines
         finally:
-            self.lines, self.indent, self.rename = outer_lines, outer_indent, {}
+            self.lines, self.indent, self.rename, self.locals = outer_lines, outer_indent, {}, {}
         # __restrict only where no two pointers can meet: distinct roots, and no
         # continuation or function parameter (those are the caller's buffers,
         # possibly one passed twice or an outer variable under another name).
@@ -212,7 +217,7 @@ class Renderer:
             self.indent += 1
         for a in m.assigns:
             if isinstance(a, ir.Let):
-                self.line(f"const auto {a.name} = {self.expr(a.expr, index)};")
+                self.line(f"const auto {self.locals.get(a.name, a.name)} = {self.expr(a.expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
                 self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
