@@ -35,9 +35,26 @@ done
 mkdir -p "$SRC_ROOT"
 cd "$SRC_ROOT"
 if ! [ -f "dyNET-$VERSION/setup.py" ]; then
-  "$PY" -m pip download --no-deps --no-binary :all: "dynet==$VERSION" -d .
+  # --no-binary dynet (not :all:, which would build setuptools/Cython from source too);
+  # --no-build-isolation: pip prepares the sdist's metadata with the venv's cython<3
+  "$PY" -m pip download --no-deps --no-binary dynet --no-build-isolation "dynet==$VERSION" -d .
   tar xzf "dyNET-$VERSION.tar.gz"
 fi
+
+# DyNet's build_py chdir()s into build/<py>/python and never returns, so setuptools'
+# wheel step (license_files, default LICEN[CS]E*) looks for LICENSE.txt there and stops
+# with "[Errno 2] No such file or directory: 'LICENSE.txt'". Copy it along after the chdir.
+"$PY" - "dyNET-$VERSION/setup.py" <<'PATCH'
+import sys
+path = sys.argv[1]
+src = open(path).read()
+chdir = '        os.chdir(os.path.join(BUILD_DIR, "python"))\n'
+fix = '        copyfile(os.path.join(SCRIPT_DIR, "LICENSE.txt"), "LICENSE.txt")  # install_dynet.sh\n'
+if fix not in src:
+    assert chdir in src, "DyNet's setup.py changed: build_py's chdir not found"
+    src = src.replace(chdir, chdir + fix).replace("import os\n", "import os\nfrom shutil import copyfile\n", 1)
+    open(path, "w").write(src)
+PATCH
 
 export EIGEN3_INCLUDE_DIR=/usr/include/eigen3
 export MAKE_FLAGS="-j${JOBS:-2}"          # DyNet's setup.py reads MAKE_FLAGS (default: all cores)

@@ -92,13 +92,47 @@ def parse_args(argv=None):
 
 
 def cpu_model() -> str:
+    from benchmarks.machine import cpu
+    return cpu()["model"]
+
+
+def measure_machine(args, tmp: Path) -> dict:
+    """`benchmarks.machine` in a worker-like process (thread variables, pinned to
+    the workers' CPU): the CPU, OpenBLAS's kernel and one core's sgemm peak."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    cmd = [sys.executable, "-m", "benchmarks.machine"]
+    if args.cpu is not None or cpus:
+        cmd += ["--cpu", str(args.cpu if args.cpu is not None else cpus[-1])]
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_worker_env(False, tmp),
+                              cwd=str(HERE.parent), timeout=120)
+        return json.loads(proc.stdout)
+    except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def floors(models, iters, warmup, data_dir, peak_gflops) -> dict:
+    """model -> {"step_mflop", "floor_ms"}: `benchmarks.flops` at the measured peak."""
+    from benchmarks import data
+    from benchmarks.flops import step_flops
+    from benchmarks.spec import make_config
+    vocab = len(data.load_text(Path(data_dir) / "text" / "graham.txt" if data_dir else None).vocab)
+    out = {}
+    for m in models:
+        batches = ()
+        if m == "treelstm":   # the trees the run timed (the worker's order: k % len(trees))
+            trees = data.load_trees(Path(data_dir) / "sst" / "array_tree.txt" if data_dir else None)
+            batches = [trees[k % len(trees)] for k in range(warmup, warmup + iters[m])]
+        try:
+            cfg = make_config(m, vocab=vocab, embedding=data.embedding_table() if m == "treelstm" else None)
+            flops = step_flops(m, cfg, batches)
+        except ValueError:    # a model make_config does not know yet
+            flops = None
+        if flops is None:
+            continue
+        out[m] = {"step_mflop": flops / 1e6,
+                  "floor_ms": flops / (peak_gflops * 1e9) * 1e3 if peak_gflops else None}
+    return out
 
 
 def _bar(total, desc):
@@ -183,9 +217,11 @@ def _rel(a, b):
     return abs(a - b) / max(abs(b), 1e-12)
 
 
-def summarise(runs, models, frameworks):
+def summarise(runs, models, frameworks, floor=None):
     """Per model and framework: medians/min/max over rounds, ratios to the reference
-    measured in the same round, compile times, memory and the correctness check."""
+    measured in the same round, compile times, memory, the correctness check and
+    the fraction of the FLOP floor (`floor`: model -> floors() entry) reached."""
+    floor = floor or {}
     by = {}   # (model, fw) -> list of per-round results
     for run in runs:
         for m, res in run.get("models", {}).items():
@@ -229,6 +265,14 @@ def summarise(runs, models, frameworks):
                 "first_loss": good[0]["first_loss"], "final_loss": good[0]["final_loss"],
                 "final_loss_mean": _final_mean(good[0]),
             }
+            if good[0].get("formulation"):
+                row["formulation"] = good[0]["formulation"]
+                row["variants"] = {k: statistics.median(r["variants"][k]["ms_per_step"] for r in good)
+                                   for k, v in good[0]["variants"].items()
+                                   if all(r["variants"].get(k, {}).get("status") == "ok" for r in good)}
+            floor_ms = floor.get(m, {}).get("floor_ms")
+            if floor_ms:
+                row["floor_fraction"] = floor_ms / row["ms_per_step"]
             if loss_ref and fw != loss_ref and loss_ref in ok:
                 ref0 = ok[loss_ref][0]
                 row["first_loss_rel_diff"] = _rel(row["first_loss"], ref0["first_loss"])
@@ -239,7 +283,7 @@ def summarise(runs, models, frameworks):
                     row["loss_flag"] = True
             rows[fw] = row
         summary[m] = {"reference": ref, "reference_note": ref_note, "loss_reference": loss_ref,
-                      "unit": UNITS[m][1], "frameworks": rows}
+                      "unit": UNITS[m][1], "frameworks": rows, **floor.get(m, {})}
     return summary
 
 
@@ -270,9 +314,17 @@ def _rounded(x):
 
 
 def write_markdown(path, meta, summary, unavailable, probes):
+    mach = meta.get("machine", {})
     L = [f"# lantern_stage benchmarks (Figure 6)", "",
          f"{meta['date']} · {meta['cpu']} · {meta['mode']} run: {meta['repeat']} round(s), "
          f"warm-up {meta['warmup']} step(s) · single thread: {meta['threads_summary']}", "",
+         f"Machine: {meta['cpu']}; vector extensions: {', '.join(mach.get('cpu', {}).get('vector', [])) or '–'}; "
+         f"OpenBLAS kernel: {mach.get('openblas', {}).get('core', '–')} "
+         f"({mach.get('openblas', {}).get('config', mach.get('openblas', {}).get('error', '–'))}); "
+         f"one core's sgemm peak, measured in this run: {_fmt(mach.get('sgemm_peak_gflops'))} GFLOP/s "
+         f"(best of {mach.get('sgemm_peak_runs', '–')}: {', '.join(_fmt(g) for g in mach.get('sgemm_peak_each', []))}).", "",
+         "*floor* = the step's matrix-product FLOPs (`benchmarks/flops.py`) / that peak: a bound no framework "
+         "reaches; *of floor* = floor / ms per step.", "",
          "Times are seconds per paper unit (extrapolated from the timed iterations): median over rounds "
          "[min – max]. *ratio* = this framework's time / the reference's, measured in the same round "
          "(median [min – max]); > 1 means slower than the reference. *one-off* = build (lantern: staging + "
@@ -286,14 +338,21 @@ def write_markdown(path, meta, summary, unavailable, probes):
     if meta.get("dropout") is False:
         L += ["CNN dropout is off so that losses can be compared (`--dropout` turns it on).", ""]
     for m, s in summary.items():
+        floor_note = (f" Step: {s['step_mflop']:.1f} MFLOP of matrix products; floor {_fmt(s.get('floor_ms'))} ms."
+                      if "step_mflop" in s else "")
         L += [f"## {m} — {s['unit']}", "",
-              f"Time reference: {s['reference_note']}. Loss reference: {LABELS.get(s['loss_reference'], '–')}.", "",
-              "| framework | time | ratio | ms/step | one-off (s) | peak RSS (MB) | first loss | final loss | loss check |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              f"Time reference: {s['reference_note']}. Loss reference: {LABELS.get(s['loss_reference'], '–')}."
+              + floor_note, "",
+              "| framework | time | ratio | ms/step | of floor | one-off (s) | peak RSS (MB) | first loss | final loss | loss check |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        notes = []
         for fw, r in s["frameworks"].items():
             if r["status"] != "ok":
-                L.append(f"| {LABELS[fw]} | {r['status']}: {r['reason'][:120]} | | | | | | | |")
+                L.append(f"| {LABELS[fw]} | {r['status']}: {r['reason'][:120]} | | | | | | | | |")
                 continue
+            if r.get("variants"):
+                notes.append(f"- {LABELS[fw]}, each formulation (ms/step, median; the fastest is the row): "
+                             + ", ".join(f"{k} {v:.2f}" for k, v in r["variants"].items()))
             ratio = (f"{r['ratio_median']:.2f} [{r['ratio_min']:.2f} – {r['ratio_max']:.2f}]"
                      if r["ratio_median"] is not None else "–")
             if "loss_flag" in r:
@@ -301,10 +360,11 @@ def write_markdown(path, meta, summary, unavailable, probes):
                          + f"({r['first_loss_rel_diff']:.1e} / {r['final_loss_rel_diff']:.1e})")
             else:
                 check = "reference"
-            L.append(f"| {LABELS[fw]} | {r['per_unit_median']:.2f} [{r['per_unit_min']:.2f} – {r['per_unit_max']:.2f}] "
-                     f"| {ratio} | {r['ms_per_step']:.2f} | {r['compile_s_median']:.1f} | {r['peak_rss_mb_max']:.0f} "
+            frac = f"{100 * r['floor_fraction']:.0f}%" if r.get("floor_fraction") else "–"
+            L.append(f"| {_label(fw, r)} | {r['per_unit_median']:.2f} [{r['per_unit_min']:.2f} – {r['per_unit_max']:.2f}] "
+                     f"| {ratio} | {r['ms_per_step']:.2f} | {frac} | {r['compile_s_median']:.1f} | {r['peak_rss_mb_max']:.0f} "
                      f"| {r['first_loss']:.5g} | {r['final_loss_mean']:.5g} | {check} |")
-        L.append("")
+        L += [""] + (notes + [""] if notes else [])
     if unavailable:
         L += ["## Not run", ""] + [f"- {LABELS[fw]}: {why}" for fw, why in unavailable.items()] + [""]
     L += ["## Whole-tree compilation of the recursive TreeLSTM", "",
@@ -326,6 +386,11 @@ def write_markdown(path, meta, summary, unavailable, probes):
     Path(path).write_text("\n".join(L))
 
 
+def _label(fw, row) -> str:
+    """The framework's label, with the formulation that was fastest when it timed several."""
+    return f"{LABELS[fw]} ({row['formulation']})" if row.get("formulation") else LABELS[fw]
+
+
 def write_charts(out: Path, summary, runs, models):
     import matplotlib
     matplotlib.use("Agg")
@@ -333,6 +398,7 @@ def write_charts(out: Path, summary, runs, models):
     colors = {"lantern": "#d62728", "torch": "#1f77b4", "torch_compile": "#aec7e8", "tf": "#ff7f0e",
               "tf_xla": "#ffbb78", "jax": "#2ca02c", "dynet": "#9467bd", "dynet_autobatch": "#c5b0d5"}
     names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM"}
+    names = {m: names.get(m, m) for m in models}
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
         rows = [(fw, r) for fw, r in summary[m]["frameworks"].items() if r["status"] == "ok"]
@@ -345,7 +411,7 @@ def write_charts(out: Path, summary, runs, models):
         for x, v in zip(xs, med):
             ax.text(x, v, f"{v:.3g}", ha="center", va="bottom", fontsize=8)
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([LABELS[fw] for fw, _ in rows], rotation=35, ha="right", fontsize=8)
+        ax.set_xticklabels([_label(fw, r) for fw, r in rows], rotation=35, ha="right", fontsize=8)
         ax.set_title(names[m])
         ax.set_ylabel(UNITS[m][1].replace("s / ", "seconds / "))
         ax.spines[["top", "right"]].set_visible(False)
@@ -415,6 +481,7 @@ def main(argv=None):
     runs, unavailable, active = [], {}, list(frameworks)
     with tempfile.TemporaryDirectory(prefix="lantern_bench_") as tmpd:
         tmp = Path(tmpd)
+        machine = [measure_machine(args, tmp)]
         bar = _bar(len(frameworks) * len(models) * args.repeat, "benchmarks")
         probes = {}
         for rnd in range(args.repeat):
@@ -435,15 +502,21 @@ def main(argv=None):
                         probes.update(res["probes"])
             active = [fw for fw in active if fw not in unavailable]
         bar.close()
+        machine.append(measure_machine(args, tmp))
+    peaks = [m["sgemm_peak_gflops"] for m in machine if "sgemm_peak_gflops" in m]
+    machine_meta = {**next((m for m in machine if "cpu" in m), {}), "sgemm_peak_each": peaks,
+                    "sgemm_peak_runs": len(peaks), "sgemm_peak_gflops": max(peaks) if peaks else None}
+    floor = floors(models, iters, warmup, args.data, machine_meta["sgemm_peak_gflops"])
 
     for fw, why in unavailable.items():
         print(f"not run: {LABELS[fw]}: {why}", file=sys.stderr)
-    summary = summarise(runs, models, [fw for fw in frameworks if fw not in unavailable])
+    summary = summarise(runs, models, [fw for fw in frameworks if fw not in unavailable], floor)
     versions = {"python": platform.python_version()}
     for run in runs:
         versions.update(run.get("versions", {}))
     data_sources = _data_sources(args.data)
     meta = dict(date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"), cpu=cpu_model(),
+                machine=machine_meta,
                 cpus=os.cpu_count(), platform=platform.platform(), mode=mode, repeat=args.repeat, warmup=warmup,
                 iters=iters, models=models, frameworks=frameworks, jobs=args.jobs, dropout=args.dropout,
                 thread_env=THREAD_ENV, threads_summary=threads_summary, versions=versions,
@@ -481,7 +554,8 @@ def _print_table(summary):
                 continue
             ratio = f"x{r['ratio_median']:.2f}" if r["ratio_median"] is not None else ""
             flag = " LOSS MISMATCH" if r.get("loss_flag") else ""
-            print(f"  {LABELS[fw]:22s} {r['per_unit_median']:9.2f} s  {r['ms_per_step']:8.2f} ms/step  {ratio:>7s}  "
+            frac = f"{100 * r['floor_fraction']:5.1f}% of floor" if r.get("floor_fraction") else ""
+            print(f"  {_label(fw, r):22s} {r['per_unit_median']:9.2f} s  {r['ms_per_step']:8.2f} ms/step  {ratio:>7s}  {frac} "
                   f"one-off {r['compile_s_median']:6.1f} s  rss {r['peak_rss_mb_max']:5.0f} MB  "
                   f"final loss {r['final_loss_mean']:.5g}{flag}")
 

@@ -196,10 +196,20 @@ _ENV = jinja2.Environment(
 )
 
 
+# Entry bodies longer than this many lines are compiled at -O0.  A body is
+# straight-line calls (allocations, kernels, the shared loop functions, which
+# stay -O3); g++'s register allocation over one such function grows faster than
+# its length (an RNN unrolled 200 steps: ~55 s at -O3, ~17 s at -O1, ~3.5 s at
+# -O0, against ~2 s at 10 steps), while the body itself does no arithmetic
+# worth optimising.  Shorter bodies (the benchmark models, 20 steps) keep -O3.
+UNOPTIMISED_BODY_LINES = 2000
+
+
 def render_module(programs: list[Program]) -> str:
     entries = []
     kernels = LoopKernels()
     for p in programs:
+        body = render_body(p.body, kernels)
         entries.append(dict(
             name=p.c_name,
             label=c_comment(p.name),
@@ -207,8 +217,9 @@ def render_module(programs: list[Program]) -> str:
             signature=", ".join(f"{s.name}: {s.describe()}" for s, _ in p.inputs)
             + "".join(f"; captured {v.name}: {v.type}" for _, v in p.captures),
             prologue=prologue(p),
-            body=render_body(p.body, kernels),
+            body=body,
             deep=p.deep,
+            unoptimised=not p.deep and body.count("\n") > UNOPTIMISED_BODY_LINES,
         ))
     return _ENV.get_template("module.cpp.j2").render(
         version=__version__, entries=entries, loop_functions=kernels.definitions)

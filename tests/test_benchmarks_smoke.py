@@ -101,6 +101,40 @@ def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
     assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < 1e-2
 
 
+def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():
+    """PyTorch's two LSTM formulations (the harness times both and keeps the
+    faster): same weights, same data, the same losses and weights after training."""
+    from benchmarks.frameworks import torch_eager
+    cfg = spec.make_config("lstm")
+    variants = torch_eager.variants("lstm")
+    assert list(variants) == ["LSTMCell loop", "nn.LSTM"] and torch_eager.variants("rnn") == {}
+    runs = []
+    for build in variants.values():
+        trainer = build("lstm", weights.init_weights(cfg), cfg)
+        batches = data.load_text().batches()
+        runs.append(([trainer.step(trainer.prepare(next(batches))) for _ in range(3)], trainer.weights()))
+    (cell_losses, cell_w), (fused_losses, fused_w) = runs
+    np.testing.assert_allclose(fused_losses, cell_losses, rtol=1e-5)
+    assert set(fused_w) == set(cell_w) == set(weights.init_weights(cfg))
+    assert weights.max_rel_diff(fused_w, cell_w) < 1e-3
+
+
+def test_step_flops_follow_the_layer_shapes():
+    """The floor's FLOP counts: 2 per multiply-add of each product, forward and
+    backward; the CNN's ~260 MFLOP and a tree's count scale with its nodes."""
+    from benchmarks import flops
+    cnn = flops.step_flops("cnn", spec.make_config("cnn"))
+    assert cnn == 2 * (2 * 57600 * 25 * 10 + 3 * 6400 * 250 * 20 + 3 * 100 * 320 * 50 + 3 * 100 * 50 * 10)
+    trees = data.load_trees()
+    cfg = spec.make_config("treelstm")
+    one, two = flops.step_flops("treelstm", cfg, trees[:1]), flops.step_flops("treelstm", cfg, trees[:2])
+    t0, t1 = trees[0], trees[1]
+    nodes = lambda t: (int((t.lch < 0).sum()), int((t.lch >= 0).sum()))   # noqa: E731
+    per = lambda leaves, inner: leaves * 4 * 450 * 300 + inner * 6 * 750 * 300 + (leaves + inner) * 6 * 5 * 150  # noqa: E731
+    assert one == per(*nodes(t0)) and two == (per(*nodes(t0)) + per(*nodes(t1))) / 2
+    assert flops.step_flops("no such model", cfg) is None
+
+
 # ----------------------------------------------------------------------------- harness smoke
 
 @pytest.mark.slow
@@ -132,4 +166,9 @@ def test_smoke_run_writes_results(tmp_path):
                 assert row["first_loss_rel_diff"] < 1e-4, (model, fw, row)
     for png in ["figure6.png"] + [f"loss_{m}.png" for m in spec.MODELS]:
         assert (out / png).stat().st_size > 1000
-    assert "| framework |" in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "| framework |" in md and "| of floor |" in md and "OpenBLAS kernel" in md
+    assert meta["machine"]["sgemm_peak_gflops"] > 0 and meta["machine"]["cpu"]["model"]
+    for model, s in res["summary"].items():
+        assert s["step_mflop"] > 0 and s["floor_ms"] > 0, model
+    assert set(res["summary"]["lstm"]["frameworks"]["torch"]["variants"]) == {"LSTMCell loop", "nn.LSTM"}

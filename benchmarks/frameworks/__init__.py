@@ -23,6 +23,10 @@ A trainer has
                                     # batches will need, without changing the weights;
                                     # timed and reported as compile time
 
+A module may also expose ``variants(model, **options) -> {label: build}``: other
+formulations of the same model in the same framework (PyTorch's `nn.LSTM` next to
+its LSTMCell loop). The worker times each; the fastest is the framework's time.
+
 Batches are the ``benchmarks.data`` types: `CharBatch` (rnn, lstm), `ImageBatch`
 (cnn) and one `Tree` (treelstm).
 
@@ -93,3 +97,8 @@ class Framework:
 
     def build(self, model, weights, cfg):
         return self.module.build(model, weights, cfg, **self.options)
+
+    def variants(self, model) -> dict:
+        """label -> build(model, weights, cfg) of each formulation ({} if just one)."""
+        fn = getattr(self.module, "variants", None)
+        return fn(model, **self.options) if fn else {}

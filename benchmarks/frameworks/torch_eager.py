@@ -30,3 +30,16 @@ def versions() -> dict:
 def build(model, weights, cfg):
     from benchmarks.frameworks.torch_models import TorchTrainer, from_weights
     return TorchTrainer(model, from_weights(model, weights, cfg), cfg)
+
+
+def build_lstm_fused(model, weights, cfg):
+    from benchmarks.frameworks.torch_models import TorchTrainer, lstm_fused_from_weights
+    return TorchTrainer(model, lstm_fused_from_weights(weights, cfg), cfg)
+
+
+def variants(model, **_) -> dict:
+    """Formulations timed side by side (label -> build); the fastest counts as
+    PyTorch's time. The LSTM also as `nn.LSTM`, PyTorch's fused sequence kernel."""
+    if model == "lstm":
+        return {"LSTMCell loop": build, "nn.LSTM": build_lstm_fused}
+    return {}

@@ -59,6 +59,27 @@ class CharLSTM(nn.Module):
         return loss
 
 
+class CharLSTMFused(nn.Module):
+    """The char-LSTM as `nn.LSTM` over the whole sequence (PyTorch's fused
+    multi-step kernel, its fastest CPU formulation), then one output layer and
+    one loss over all steps: the same function as `CharLSTM`. Its parameters
+    are `CharLSTM`'s under nn.LSTM's names (see `LSTM_FUSED_NAMES`)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.lstm = nn.LSTM(cfg.vocab, cfg.hidden)
+        self.out = nn.Linear(cfg.hidden, cfg.vocab)
+
+    def forward(self, xs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        hs, _ = self.lstm(xs)                        # [seq, batch, hidden], zero initial state
+        logits = self.out(hs).flatten(0, 1)          # [seq * batch, vocab]
+        return F.nll_loss(F.log_softmax(logits, dim=1), ys.flatten(), reduction="sum")
+
+
+# CharLSTM's parameter names -> CharLSTMFused's.
+LSTM_FUSED_NAMES = {f"cell.{w}": f"lstm.{w}_l0" for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+
+
 class MnistCNN(nn.Module):
     """PyTorch's MNIST example network; dropout after fc1 only when cfg.dropout."""
 
@@ -148,6 +169,14 @@ def from_weights(model: str, weights: Dict[str, np.ndarray], cfg: Config) -> nn.
     return net
 
 
+def lstm_fused_from_weights(weights: Dict[str, np.ndarray], cfg: Config) -> nn.Module:
+    """`CharLSTMFused` holding a copy of the char-LSTM's `weights` (CharLSTM names)."""
+    net = CharLSTMFused(cfg)
+    state = {LSTM_FUSED_NAMES.get(k, k): torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.items()}
+    net.load_state_dict(state, strict=True)
+    return net
+
+
 def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
     if cfg.optimizer == "adagrad":
         return torch.optim.Adagrad(net.parameters(), lr=cfg.lr, eps=cfg.eps)
@@ -203,7 +232,9 @@ class TorchTrainer:
             return float(self.forward(*batch))
 
     def weights(self) -> Dict[str, np.ndarray]:
-        return {k: v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
+        """Current weights under the spec's (CharLSTM's) names."""
+        back = {v: k for k, v in LSTM_FUSED_NAMES.items()} if isinstance(self.net, CharLSTMFused) else {}
+        return {back.get(k, k): v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
 
 
 def versions() -> dict:

@@ -67,6 +67,7 @@ class Renderer:
         self.params = params  # ids of continuation and function parameters
         self.rename: dict = {}  # var id -> parameter name, inside a loop function
         self.hoisted: dict = {}  # load text -> the local it was read into, inside one loop body
+        self.locals: dict = {}  # Let name -> positional name, inside a loop function
 
     def line(self, text: str) -> None:
         self.lines.append("  " * self.indent + text)
@@ -149,7 +150,7 @@ class Renderer:
         if tag == "load":
             return self.load(e[1], index)
         if tag == "local":
-            return e[1]
+            return self.locals.get(e[1], e[1])
         args = [self.expr(a, index) for a in e[2]]
         if not args:
             return e[1]
@@ -175,6 +176,10 @@ class Renderer:
             if v.var.storage in ("buf", "scalar") and id(v.var) not in {id(o) for o in operands}:
                 operands.append(v.var)
         params, self.rename = [], {}
+        # Registers named by position, not by the fusion pass's global counter:
+        # identical loops (the unrolled steps of an RNN) then render identically
+        # and share one function.
+        self.locals = {a.name: f"t{k}" for k, a in enumerate(x for x in m.assigns if isinstance(x, ir.Let))}
         for k, var in enumerate(operands):
             self.rename[id(var)] = f"p{k}"
             ctype = CPP_TYPE[var.dtype]
@@ -185,7 +190,7 @@ class Renderer:
             self.loop(m)
             body = self.lines
         finally:
-            self.lines, self.indent, self.rename = outer_lines, outer_indent, {}
+            self.lines, self.indent, self.rename, self.locals = outer_lines, outer_indent, {}, {}
         # __restrict only where no two pointers can meet: distinct roots, and no
         # continuation or function parameter (those are the caller's buffers,
         # possibly one passed twice or an outer variable under another name).
@@ -216,7 +221,7 @@ class Renderer:
         self._hoist_conditional_loads(m, index)
         for a in m.assigns:
             if isinstance(a, ir.Let):
-                self.line(f"const auto {a.name} = {self.expr(a.expr, index)};")
+                self.line(f"const auto {self.locals.get(a.name, a.name)} = {self.expr(a.expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
                 self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")

@@ -2,7 +2,7 @@
 touches (through `Alias` chains), which buffers the program owns (allocated
 in the arena) as opposed to external ones (inputs, captured arrays,
 parameters of continuations and functions, whose writes are visible to the
-caller), and which buffers each statement references."""
+caller), and how often each buffer is read."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,23 +37,6 @@ def analyse(body: ir.Block) -> Buffers:
         elif isinstance(stmt, ir.Alloc):
             owned.add(id(stmt.var))
     return Buffers(root, owned)
-
-
-def referenced(stmt: ir.Stmt, buffers: Buffers) -> set:
-    """Ids of root buffers a statement (with everything nested in it) reads or writes."""
-    out = set()
-    stack = [stmt]
-    while stack:
-        s = stack.pop()
-        for v in s.reads() + s.writes():
-            out.add(id(buffers.of(v)[0]))
-        if isinstance(s, ir.Alias):
-            out.add(id(buffers.of(s.base)[0]))
-        if isinstance(s, ir.Alloc):
-            out.add(id(s.var))
-        for child in ir.children(s):
-            stack.extend(child.stmts)
-    return out
 
 
 def read_counts(body: ir.Block, buffers: Buffers) -> dict:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..types import contiguous_strides
-from .analysis import analyse, referenced
+from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
 _ASSIGNABLE = {"gemm", "gemv", "dot"}
@@ -15,20 +15,41 @@ _ASSIGNABLE = {"gemm", "gemv", "dot"}
 
 def assign_first_writes(program) -> None:
     buffers = analyse(program.body)
-    for block in list(ir.blocks(program.body)):
-        stmts = block.stmts
-        pending = {}  # root id -> Alloc still waiting for its first reference
-        for stmt in stmts:
-            if isinstance(stmt, ir.Alloc) and stmt.zero:
-                pending[id(stmt.var)] = stmt
-                continue
-            if not pending:
-                continue
-            touched = referenced(stmt, buffers) & pending.keys()
+    for alloc, stmt in _first_references(program.body, buffers):
+        if _writes_all_first(stmt, alloc.var):
+            alloc.zero = False
+
+
+def _first_references(body: ir.Block, buffers):
+    """(zeroed Alloc, the first statement of its block after it that touches
+    the buffer, itself or in a nested block) pairs, in one walk: an unrolled
+    loop nests each step's scope in the previous one, so asking every
+    statement for everything nested in it would be quadratic."""
+    zeroed = {}   # root id -> (Alloc, depth of its block)
+    found = {}    # root id -> top-level statement of the Alloc's block
+    path = []     # path[d]: the statement being visited at nesting depth d
+    stack = [(iter(body.stmts), 0)]
+    while stack:
+        it, depth = stack[-1]
+        stmt = next(it, None)
+        if stmt is None:
+            stack.pop()
+            continue
+        del path[depth:]
+        path.append(stmt)
+        if isinstance(stmt, ir.Alloc):
+            if stmt.zero:
+                zeroed[id(stmt.var)] = (stmt, depth)
+        else:
+            touched = {id(buffers.of(v)[0]) for v in stmt.reads() + stmt.writes()}
+            if isinstance(stmt, ir.Alias):
+                touched.add(id(buffers.of(stmt.base)[0]))
             for rid in touched:
-                alloc = pending.pop(rid)
-                if _writes_all_first(stmt, alloc.var):
-                    alloc.zero = False
+                if rid in zeroed and rid not in found:
+                    found[rid] = path[zeroed[rid][1]]
+        for child in reversed(ir.children(stmt)):
+            stack.append((iter(child.stmts), depth + 1))
+    return [(zeroed[rid][0], stmt) for rid, stmt in found.items()]
 
 
 def _writes_all_first(stmt, var) -> bool:

@@ -1,0 +1,74 @@
+"""Generated code must not grow per step of a present-stage (unrolled) loop
+beyond one line per statement: identical step bodies share loop functions,
+and a long straight-line body is still correct when compiled unoptimised."""
+# No `from __future__ import annotations`: the staged annotations use local sizes.
+
+import re
+
+import numpy as np
+import torch
+
+import lantern_stage as lt
+from lantern_stage import program as lt_program
+
+H, B = 8, 4
+
+
+def unrolled_rnn(steps: int):
+    """value_and_grad of an RNN unrolled `steps` times, as an lt.compile'd function."""
+
+    def loss(w, u, xs):
+        h = lt.zeros(B, H)
+        total = 0.0
+        for t in range(steps):
+            h = lt.tanh(h @ w + xs[t] @ u)
+            total = total + lt.sum(lt.sigmoid(h) * h)
+        return total
+
+    def step(w: lt.Tensor[H, H], u: lt.Tensor[H, H], xs: lt.Tensor[steps, B, H]):
+        return lt.value_and_grad(loss, argnums=(0, 1))(w, u, xs)
+
+    step.__name__ = f"rnn{steps}"
+    return lt.compile(step)
+
+
+def torch_reference(w, u, xs):
+    w, u = (torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in (w, u))
+    h = torch.zeros(B, H, dtype=torch.float64)
+    total = 0.0
+    for x in torch.tensor(xs, dtype=torch.float64):
+        h = torch.tanh(h @ w + x @ u)
+        total = total + (torch.sigmoid(h) * h).sum()
+    total.backward()
+    return float(total.detach()), w.grad.numpy(), u.grad.numpy()
+
+
+def loop_functions(src: str) -> int:
+    return len(re.findall(r"static __attribute__\(\(noinline\)\) void lt_loop\d+", src))
+
+
+def test_loop_functions_do_not_grow_with_the_trip_count():
+    short, long = unrolled_rnn(3).cpp_source, unrolled_rnn(12).cpp_source
+    assert loop_functions(short) == loop_functions(long) > 0
+    # what grows is the body, by a bounded number of lines per step
+    per_step = (long.count("\n") - short.count("\n")) / 9
+    assert per_step < 60, per_step
+
+
+def test_a_long_unrolled_body_compiles_unoptimised_and_matches_torch():
+    steps = 60
+    f = unrolled_rnn(steps)
+    src = f.cpp_source
+    body_lines = src.split(f"static void rnn{steps}_body")[1].count("\n")
+    assert body_lines > lt_program.UNOPTIMISED_BODY_LINES
+    assert '__attribute__((optimize("O0")))' in src
+    assert '__attribute__((optimize("O0")))' not in unrolled_rnn(3).cpp_source
+    rng = np.random.default_rng(0)
+    w, u = (0.3 * rng.standard_normal((H, H))).astype(np.float32), (0.3 * rng.standard_normal((H, H))).astype(np.float32)
+    xs = rng.standard_normal((steps, B, H)).astype(np.float32)
+    value, (gw, gu) = f(w, u, xs)
+    ref_value, ref_gw, ref_gu = torch_reference(w, u, xs)
+    np.testing.assert_allclose(float(value), ref_value, rtol=1e-4)
+    scale = max(np.abs(ref_gw).max(), np.abs(ref_gu).max())
+    np.testing.assert_allclose(gw, ref_gw, atol=1e-4 * scale)
+    np.testing.assert_allclose(gu, ref_gu, atol=1e-4 * scale)
