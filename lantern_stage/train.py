@@ -40,10 +40,10 @@ from .generator import Generator
 from .nn.module import Module, bind
 from .ops.registry import Emitter, as_rep
 from .optim import Optimizer, _State, clip_grad_norm as _clip_norm, clip_grad_value as _clip_value
-from .staging import current
 from .passes import run_passes
 from .program import input_specs, stage
 from .runtime import DEFAULT_ARENA_BYTES, DEFAULT_MAX_DEPTH
+from .staging import current
 
 
 def _data_inputs(loss_fn):
@@ -226,6 +226,8 @@ class TrainStep(CompiledFunction):
             raise KeyError(f"load_state_dict: expected {len(gens)} generator state(s), got keys {sorted(parts['rng'])}")
         self.model.load_state_dict(parts["model"])
         self.optimizer.load_state_dict(parts["optimizer"])
+        for a in self.scratch_arrays:  # a checkpoint starts a new accumulation
+            a[...] = 0
         for i, g in enumerate(gens):
             g.set_state(parts["rng"][str(i)])
 
