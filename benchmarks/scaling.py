@@ -40,7 +40,7 @@ DEFAULT_OUT = HERE / "results" / "scaling"
 BATCH, TREES = 100, 20  # per update, over all ranks
 THREADS_1 = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 # Updates timed per configuration (after 2 warm-up updates): ~1-3 s each.
-UPDATES = {"lantern": {"cnn": 150, "treelstm": 30}, "torch": {"cnn": 40, "treelstm": 4}}
+UPDATES = {"lantern": {"cnn": 150, "treelstm": 30}, "torch": {"cnn": 40, "treelstm": 2}}
 if os.environ.get("LANTERN_SCALING_QUICK"):  # a check of the pipeline; its numbers mean nothing
     UPDATES = {"lantern": {"cnn": 5, "treelstm": 2}, "torch": {"cnn": 3, "treelstm": 1}}
 

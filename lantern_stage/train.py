@@ -253,6 +253,8 @@ class TrainStep(CompiledFunction):
         raise_state_problems("load_state_dict", missing, unexpected, wrong)
         for (_, own), part in zip(owners, parts.values()):
             copy_state(own, part)
+        for a in self.scratch_arrays:  # a checkpoint starts a new accumulation
+            a[...] = 0
         if deferred:
             self._pending_rng = parts["rng"]
 
