@@ -97,8 +97,10 @@ def argmax(x, axis=None, keepdims=False):
     if not x.shape:
         raise staging_error("argmax of a 0-d tensor")
     if axis is None:
-        flat = reduce.argmax_axis(reshape(x, (x.size,)), axis=0, keepdims=False)
-        return reshape(flat, (1,) * len(x.shape)) if keepdims else flat
+        if not keepdims:
+            return reduce.argmax_axis(reshape(x, (x.size,)), axis=0, keepdims=False)
+        # a 1-element buffer (a 0-d int is held by value and cannot be re-viewed)
+        return reshape(reduce.argmax_axis(reshape(x, (1, x.size)), axis=1, keepdims=False), (1,) * len(x.shape))
     if not isinstance(axis, int):
         raise staging_error(f"argmax: axis must be an int or None, got {axis!r}")
     if not -len(x.shape) <= axis < len(x.shape):
