@@ -106,6 +106,10 @@ tanh = elementwise("tanh", "lt::tanh_f({x})", "{g} * (1.0f - {y} * {y})")
 # derivative y*(1-y) needs no extra buffers.
 sigmoid = elementwise("sigmoid", "lt::sigmoid_f({x})", "{g} * {y} * (1.0f - {y})")
 relu = elementwise("relu", "lt::max_f({x}, 0.0f)", "({x} > 0.0f ? {g} : 0.0f)")
+erf = elementwise("erf", "lt::erf_f({x})", "{g} * 1.1283791670955126f * lt::exp_f(-{x} * {x})")
+sin = elementwise("sin", "lt::sin_f({x})", "{g} * lt::cos_f({x})")
+cos = elementwise("cos", "lt::cos_f({x})", "-{g} * lt::sin_f({x})")
+log1p = elementwise("log1p", "lt::log1p_f({x})", "{g} / (1.0f + {x})")
 abs_ = elementwise("abs", "lt::abs_f({x})", "({x} > 0.0f ? {g} : ({x} < 0.0f ? -{g} : 0.0f))")
 
 
