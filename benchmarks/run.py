@@ -61,8 +61,8 @@ FINAL_WINDOW = 100
 PRESETS = {
     # timed iterations per model, rounds, warm-up training steps
     "full": ({m: UNITS[m][0] for m in MODELS}, 3, 3),
-    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100}, 2, 3),
-    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1}, 1, 1),
+    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100, "transformer": 100}, 2, 3),
+    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1, "transformer": 2}, 1, 1),
 }
 
 
@@ -331,7 +331,8 @@ def write_charts(out: Path, summary, runs, models):
     import matplotlib.pyplot as plt
     colors = {"lantern": "#d62728", "torch": "#1f77b4", "torch_compile": "#aec7e8", "tf": "#ff7f0e",
               "tf_xla": "#ffbb78", "jax": "#2ca02c", "dynet": "#9467bd", "dynet_autobatch": "#c5b0d5"}
-    names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM"}
+    names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM",
+             "transformer": "Char transformer"}
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
         rows = [(fw, r) for fw, r in summary[m]["frameworks"].items() if r["status"] == "ok"]

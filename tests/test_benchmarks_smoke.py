@@ -65,7 +65,7 @@ def test_weights_are_deterministic_and_pytorch_shaped():
 
 # ----------------------------------------------------------------------------- twin parity
 
-STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2}
+STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "transformer": 3}
 
 
 def _losses(framework, model, n):
@@ -76,8 +76,8 @@ def _losses(framework, model, n):
         pytest.skip(why)
     cfg = spec.make_config(model)
     trainer = fw.build(model, weights.init_weights(cfg), cfg)
-    if model in ("rnn", "lstm"):
-        batches = data.load_text().batches()
+    if model in spec.TEXT_MODELS:
+        batches = data.load_text().batches(cfg.seq, cfg.batch)
     elif model == "cnn":
         batches = data.MnistLike().batches()
     else:
