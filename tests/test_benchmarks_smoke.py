@@ -94,11 +94,13 @@ def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
     and the weights after those steps agree closely, so the twins are the same
     models. (Adagrad's first update is lr * g / |g| per weight, which turns the
     round-off of near-zero gradients into visible weight differences, hence the
-    looser weight tolerance.)"""
+    looser weight tolerance; Adam's first updates are lr * g / (|g| + eps) as well,
+    and move every weight of the transformer by about lr: looser still.)"""
     ref, ref_trainer = _losses("torch", model, STEPS[model])
     got, trainer = _losses(peer, model, STEPS[model])
     np.testing.assert_allclose(got, ref, rtol=1e-4)
-    assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < 1e-2
+    tol = 5e-2 if spec.make_config(model).optimizer == "adam" else 1e-2
+    assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < tol
 
 
 # ----------------------------------------------------------------------------- harness smoke

@@ -1,4 +1,4 @@
-"""The paper's four models in lantern_stage (benchmarks/models) against their
+"""The benchmark models in lantern_stage (benchmarks/models) against their
 PyTorch twins (benchmarks/frameworks/torch_models): same initial weights
 (benchmarks/weights), same data, dropout off.
 
@@ -43,7 +43,7 @@ from benchmarks.weights import init_weights, max_rel_diff  # noqa: E402
 import lantern_stage as lt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("rnn", "lstm", "cnn", "treelstm")
+MODELS = ("rnn", "lstm", "cnn", "treelstm", "transformer")
 STEPS = 20
 
 
@@ -100,7 +100,7 @@ def rel(a, b):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_losses_match_pytorch_at_the_paper_settings(model):
-    (ours, theirs, exact), (w_ours, w_theirs, _) = train_side_by_side(model, float64=True)
+    (ours, theirs, exact), (w_ours, w_theirs, w_exact) = train_side_by_side(model, float64=True)
     # The steps on which the float32 question is well posed: float32 PyTorch
     # agrees with float64 PyTorch to 1e-5.
     posed = int(np.argmax(np.append(rel(theirs, exact) > 1e-5, True)))
@@ -109,11 +109,18 @@ def test_losses_match_pytorch_at_the_paper_settings(model):
     assert ours[-5:].mean() < ours[:5].mean()  # and it learns
     if model == "cnn":
         assert max_rel_diff(w_ours, w_theirs) < 1e-4
+    elif model == "transformer":
+        # Adam's first steps are lr * g / (|g| + eps) too: the weights are as
+        # close to float64 PyTorch's as float32 PyTorch's are (up to x3).
+        assert max_rel_diff(w_ours, w_exact) < 3 * max_rel_diff(w_theirs, w_exact) + 1e-6
     elif model != "rnn":  # see the module docstring: a different float32 op order
         assert max_rel_diff(w_ours, w_theirs) < 1e-2
 
 
-@pytest.mark.parametrize("model", MODELS)
+# Not the transformer: Adam, like Adagrad, is ill-conditioned in float32 at
+# its first steps whatever the learning rate (its update is lr * g / (|g| + eps)
+# however small g is); the test above checks it against float64 PyTorch.
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "transformer"])
 def test_first_20_losses_and_weights_match_pytorch(model):
     cfg, _, _ = lantern_trainer(model)
     lr = cfg.lr / 10 if cfg.optimizer == "adagrad" else None
