@@ -24,6 +24,7 @@ class CompiledFunction:
         self._program = None
         self._source = None
         self._entry = None
+        self._other_modes: list = []  # (program, source, entry) staged under other train/eval modes
 
     @property
     def program(self):
@@ -57,12 +58,27 @@ class CompiledFunction:
             )
         return self._entry
 
+    def select_mode(self) -> None:
+        """Keep one entry per combination of train/eval modes of the modules
+        the staged code read (`model.train()` / `model.eval()`): when one has
+        changed since staging, switch to the entry staged under the current
+        modes, staging it if there is none yet."""
+        if self._program is None or self._program.modes_hold():
+            return
+        self._other_modes.append((self._program, self._source, self._entry))
+        for k, (program, _, _) in enumerate(self._other_modes):
+            if program.modes_hold():
+                self._program, self._source, self._entry = self._other_modes.pop(k)
+                return
+        self._program = self._source = self._entry = None
+
     @property
     def last_peak_bytes(self) -> int:
         """Peak arena bytes used by the last call."""
         return self._entry.last_peak_bytes if self._entry else 0
 
     def __call__(self, *args, **kwargs):
+        self.select_mode()
         return self.entry(*args, **kwargs)
 
 

@@ -27,6 +27,11 @@ class Program:
     out_tree: TreeDef
     body: ir.Block
     captures: list = field(default_factory=list)  # (holder, Var): arrays passed by pointer
+    modes: list = field(default_factory=list)  # (module, training): the modes staging read
+
+    def modes_hold(self) -> bool:
+        """Whether every module is still in the train/eval mode it was staged in."""
+        return all(m.training == mode for m, mode in self.modes)
 
     @property
     def symbol(self) -> str:
@@ -94,7 +99,7 @@ def stage(fn, name: str, specs) -> Program:
 
         body = b.close_scope(store_outputs)
     outputs = [r.var for r in reps_out]
-    return Program(name, inputs, outputs, tree, body, list(b.captures))
+    return Program(name, inputs, outputs, tree, body, list(b.captures), list(b.modes.values()))
 
 
 def prologue(program: Program) -> list[str]:

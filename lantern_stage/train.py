@@ -102,6 +102,7 @@ class TrainStep(CompiledFunction):
         return value
 
     def __call__(self, *args, **kwargs):
+        self.select_mode()
         out = self.entry(*args, **kwargs)
         if self.has_aux:
             loss, aux = out

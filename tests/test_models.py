@@ -199,3 +199,15 @@ def test_char_lstm_example_trains_samples_and_plots(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "after training:" in out and "loss curve written" in out
+
+
+def test_char_transformer_example_trains_samples_and_plots(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("char_transformer", REPO / "examples" / "char_transformer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    png = tmp_path / "loss.png"
+    losses = example.main([str(png), "--steps", "60", "--sample", "40"])
+    assert np.mean(losses[-10:]) < 0.8 * losses[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "after training" in out and " | " in out and "loss curve written" in out

@@ -213,3 +213,71 @@ def test_attention_errors_name_what_is_wrong():
         nn.MultiheadAttention(10, 3)
     with pytest.raises(ValueError, match="activation"):
         nn.TransformerEncoderLayer(8, 2, activation="tanh")
+
+
+# ---------------------------------------------------------------- BatchNorm: running statistics, train/eval
+def _bn_nets():
+    def make(m):
+        class Net(m.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = m.Conv2d(2, 3, 3)
+                self.bn2 = m.BatchNorm2d(3, momentum=0.3)
+                self.fc = m.Linear(48, 5)
+                self.bn1 = m.BatchNorm1d(5, momentum=None)  # a cumulative average
+                self.out = m.Linear(5, 3)
+
+        return Net()
+
+    ours, twin = make(nn), make(torch.nn)
+    ours.load_state_dict({k: v.numpy() for k, v in twin.state_dict().items()})
+    return ours, twin
+
+
+def _bn_logits(fns, net, x):
+    h = fns.relu(net.bn2(net.conv(x)))
+    return net.out(fns.relu(net.bn1(net.fc(h.reshape(x.shape[0], 48)))))
+
+
+def test_batch_norm_running_statistics_in_the_train_step_and_eval_mode():
+    ours, twin = _bn_nets()
+
+    def loss_fn(model, x: lt.Tensor[6, 2, 6, 6], y: lt.Tensor[6, "int32"]):
+        return lt.cross_entropy(_bn_logits(lt, model, x), y)
+
+    step = lt.train_step(ours, loss_fn, lt.optim.SGD(ours.parameters(), lr=0.1))
+    opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+
+    @lt.compile
+    def predict(x: lt.Tensor[6, 2, 6, 6]):
+        return _bn_logits(lt, ours, x)
+
+    rng = np.random.default_rng(5)
+    data = [(rand(rng, 6, 2, 6, 6) + 0.5, rng.integers(0, 3, 6).astype(np.int32)) for _ in range(4)]
+    for x, y in data:
+        loss = step(x, y)
+        opt.zero_grad()
+        t_loss = torch.nn.functional.cross_entropy(_bn_logits(torch, twin, torch.from_numpy(x)),
+                                                   torch.from_numpy(y).long())
+        t_loss.backward()
+        opt.step()
+        assert loss == pytest.approx(t_loss.item(), rel=1e-4)
+    theirs = twin.state_dict()
+    for k, v in ours.state_dict().items():  # weights, running_mean/var (unbiased), num_batches_tracked
+        close(v, theirs[k].numpy(), k)
+    assert int(ours.bn1.num_batches_tracked) == 4 and ours.bn1.num_batches_tracked.dtype == np.int32
+
+    x = data[0][0]
+    with torch.no_grad():
+        close(predict(x), _bn_logits(torch, twin, torch.from_numpy(x)).numpy(), "train mode: batch statistics")
+        train_program = predict.program
+        ours.eval()
+        twin.eval()
+        close(predict(x), _bn_logits(torch, twin, torch.from_numpy(x)).numpy(), "eval mode: running statistics")
+        assert predict.program is not train_program  # eval staged its own entry
+        running = ours.bn2.running_mean.copy()
+        predict(x)
+        np.testing.assert_array_equal(ours.bn2.running_mean, running)  # eval does not update them
+        ours.train()
+        predict(x)
+        assert predict.program is train_program  # and training mode finds its entry again
