@@ -281,3 +281,29 @@ def test_batch_norm_running_statistics_in_the_train_step_and_eval_mode():
         ours.train()
         predict(x)
         assert predict.program is train_program  # and training mode finds its entry again
+
+
+def test_new_ops_reject_bad_arguments_naming_the_op():
+    cases = [
+        (lambda x: lt.gelu(x, approximate="fast"), "gelu: approximate must be"),
+        (lambda x: lt.layer_norm(x, (5,)), r"layer_norm: normalized_shape \(5,\) is not the end"),
+        (lambda x: lt.batch_norm(x[:1], None, None, training=True), "more than one value per channel"),
+        (lambda x: lt.batch_norm(x, None, None), "evaluation needs running_mean"),
+        (lambda x: lt.one_hot(x, 3), "one_hot: indices must be int32"),
+        (lambda x: lt.var(x, axis=2), "axis 2 out of range"),
+        (lambda x: lt.tril(x[0]), "tril: needs at least 2 dimensions"),
+        (lambda x: lt.arange(0, 4, 0), "arange: step must not be zero"),
+    ]
+    for fn, message in cases:
+        def f(x: lt.Tensor[2, 4]):
+            return fn(x)
+
+        with pytest.raises(lt.StagingError, match=message):
+            lt.compile(f).ir
+    with pytest.raises(lt.StagingError, match="BatchNorm1d: expected 3 channels"):
+        bn = nn.BatchNorm1d(3)
+
+        def g(x: lt.Tensor[2, 4]):
+            return bn(x)
+
+        lt.compile(g).ir
