@@ -307,3 +307,26 @@ def test_new_ops_reject_bad_arguments_naming_the_op():
             return bn(x)
 
         lt.compile(g).ir
+
+
+def test_encoder_layer_dropout_follows_train_and_eval():
+    """dropout=0.3: the identity in eval mode (then it is PyTorch's eval
+    output), random masks in training mode; one compiled function, two entries."""
+    lt.manual_seed(3)
+    rng = np.random.default_rng(3)
+    kw = dict(dim_feedforward=16, dropout=0.3, batch_first=True)
+    ours, twin = nn.TransformerEncoderLayer(8, 2, **kw), torch.nn.TransformerEncoderLayer(8, 2, **kw)
+    loaded(ours, twin, seed=3)
+    x = rand(rng, 2, 5, 8)
+
+    @lt.compile
+    def run(x: lt.Tensor[2, 5, 8]):
+        return ours(x)
+
+    trained = [run(x), run(x)]
+    assert not np.allclose(trained[0], trained[1])  # fresh masks every call
+    ours.eval()
+    twin.eval()
+    with torch.no_grad():
+        close(run(x), twin(torch.from_numpy(x.astype(np.float64))).numpy(), "eval mode: no dropout")
+    assert not np.allclose(run(x), trained[0])
