@@ -1,6 +1,6 @@
 """The benchmark harness: the paper's Figure 6, lantern_stage side by side with its peers.
 
-    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm] [--frameworks torch,tf,...]
+    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm,transformer] [--frameworks torch,tf,...]
                              [--iters N] [--repeat R] [--quick] [--smoke]
                              [--data PATH] [--out DIR] [--probe-recompile]
 
@@ -69,7 +69,7 @@ PRESETS = {
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(MODELS), help="models, comma-separated (default: all four)")
+    ap.add_argument("--only", default=",".join(MODELS), help="models, comma-separated (default: all)")
     ap.add_argument("--frameworks", default=",".join(DEFAULT_ORDER),
                     help=f"frameworks in run order (default: all): {', '.join(REGISTRY)}")
     ap.add_argument("--iters", type=int, help="timed iterations per model (default: the paper's unit)")
