@@ -1,6 +1,6 @@
 """The benchmark harness: the paper's Figure 6, lantern_stage side by side with its peers.
 
-    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm] [--frameworks torch,tf,...]
+    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm,transformer] [--frameworks torch,tf,...]
                              [--iters N] [--repeat R] [--quick] [--smoke]
                              [--data PATH] [--out DIR] [--probe-recompile]
     python -m benchmarks.run --scaling [--rounds R]     data-parallel scaling (benchmarks/scaling.py)
@@ -62,15 +62,15 @@ FINAL_WINDOW = 100
 PRESETS = {
     # timed iterations per model, rounds, warm-up training steps
     "full": ({m: UNITS[m][0] for m in MODELS}, 3, 3),
-    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100}, 2, 3),
-    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1}, 1, 1),
+    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100, "transformer": 100}, 2, 3),
+    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1, "transformer": 2}, 1, 1),
 }
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=",".join(MODELS), help="models, comma-separated (default: all four)")
+    ap.add_argument("--only", default=",".join(MODELS), help="models, comma-separated (default: all)")
     ap.add_argument("--frameworks", default=",".join(DEFAULT_ORDER),
                     help=f"frameworks in run order (default: all): {', '.join(REGISTRY)}")
     ap.add_argument("--iters", type=int, help="timed iterations per model (default: the paper's unit)")
@@ -397,7 +397,8 @@ def write_charts(out: Path, summary, runs, models):
     import matplotlib.pyplot as plt
     colors = {"lantern": "#d62728", "torch": "#1f77b4", "torch_compile": "#aec7e8", "tf": "#ff7f0e",
               "tf_xla": "#ffbb78", "jax": "#2ca02c", "dynet": "#9467bd", "dynet_autobatch": "#c5b0d5"}
-    names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM"}
+    names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM",
+             "transformer": "Char transformer"}
     names = {m: names.get(m, m) for m in models}
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):

@@ -1,8 +1,10 @@
-"""The four benchmark models' hyper-parameters, fixed once for every framework.
+"""The benchmark models' hyper-parameters, fixed once for every framework.
 
 A `Config` is what each framework's ``build(model, weights, cfg)`` receives. The
-numbers are the paper's (Wang et al. 2018, Section 6 / Figure 6); every twin must
-use these and nothing else, so that losses can be compared across frameworks.
+numbers of the first four are the paper's (Wang et al. 2018, Section 6 /
+Figure 6); the fifth, a character-level transformer, is issue 12's workload.
+Every twin must use these and nothing else, so that losses can be compared
+across frameworks.
 """
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from typing import Optional
 
 import numpy as np
 
-MODELS = ("rnn", "lstm", "cnn", "treelstm")
+MODELS = ("rnn", "lstm", "cnn", "treelstm", "transformer")
+TEXT_MODELS = ("rnn", "lstm", "transformer")   # trained on `benchmarks.data.load_text` batches
 
 # Paper units: times are reported per this many training steps.
 UNITS = {
@@ -19,6 +22,7 @@ UNITS = {
     "lstm": (5000, "s / 5000 iterations"),
     "cnn": (600, "s / epoch (600 batches of 100)"),
     "treelstm": (1101, "s / epoch (1101 trees)"),
+    "transformer": (1000, "s / 1000 iterations"),
 }
 
 
@@ -26,17 +30,20 @@ UNITS = {
 class Config:
     """Hyper-parameters of one model. Field meanings:
 
-    vocab      characters in the vocabulary (rnn, lstm)
-    hidden     hidden size H (rnn, lstm: 50; treelstm: 150)
-    seq        time steps per iteration (rnn, lstm)
-    batch      sequences (rnn, lstm) or images (cnn) per step; 1 tree for treelstm
-    optimizer  "adagrad" (PyTorch formula, accumulator starts at 0) or "sgd"
-    lr, eps    optimizer step size and Adagrad epsilon
+    vocab      characters in the vocabulary (rnn, lstm, transformer)
+    hidden     hidden size H (rnn, lstm: 50; treelstm: 150); d_model of the transformer (64)
+    seq        time steps per iteration (rnn, lstm; transformer: the context, 32)
+    batch      sequences (rnn, lstm, transformer) or images (cnn) per step; 1 tree for treelstm
+    optimizer  "adagrad" (PyTorch formula, accumulator starts at 0), "sgd" or "adam"
+               (PyTorch's Adam, betas (0.9, 0.999), eps 1e-8)
+    lr, eps    optimizer step size and Adagrad / Adam epsilon
     clip       global gradient-norm clipping threshold (clip_grad_norm_ semantics) or None
     dropout    cnn only: apply dropout(p=0.5) after fc1 (off for loss-parity runs)
     classes    output classes (cnn: 10, treelstm: 5)
     embed      treelstm: embedding width E; the table itself is `embedding`
     embedding  treelstm: fixed float32 [words, E] table (not trained)
+    heads, ff, layers  transformer: attention heads, feed-forward width, encoder layers
+               (pre-norm torch.nn.TransformerEncoderLayer, GELU, causal mask, no dropout)
     """
 
     model: str
@@ -53,6 +60,9 @@ class Config:
     classes: int = 0
     embed: int = 0
     embedding: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+    heads: int = 0
+    ff: int = 0
+    layers: int = 0
 
 
 def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
@@ -71,4 +81,7 @@ def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
         return Config(model, vocab=0, hidden=150, seq=0, batch=1, optimizer="adagrad", lr=0.05,
                       eps=1e-10, clip=None, classes=5, embed=int(embedding.shape[1]),
                       embedding=embedding)
+    if model == "transformer":
+        return Config(model, vocab=vocab, hidden=64, seq=32, batch=16, optimizer="adam", lr=3e-3, eps=1e-8,
+                      clip=None, classes=vocab, heads=4, ff=256, layers=2)
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

@@ -62,16 +62,17 @@ def _os_threads() -> int:
 class Stream:
     """The model's data in the paper's order; prepared batches of small data sets are cached."""
 
-    def __init__(self, model, data_dir, trainer):
+    def __init__(self, model, data_dir, trainer, cfg):
         from benchmarks import data
+        from benchmarks.spec import TEXT_MODELS
         self.model, self.trainer = model, trainer
         prep = getattr(trainer, "prepare", None) or (lambda b: b)
         self.prepare_s = 0.0
-        if model in ("rnn", "lstm"):
+        if model in TEXT_MODELS:
             text = data.load_text(os.path.join(data_dir, "text", "graham.txt") if data_dir else None)
-            offsets = text.offsets()
+            offsets = text.offsets(cfg.seq, cfg.batch)
             self._keys = lambda n: [next(offsets) for _ in range(n)]
-            self._raw = text.batch_at
+            self._raw = lambda p: text.batch_at(p, cfg.seq, cfg.batch)
             self.cache = True
         elif model == "cnn":
             imgs = data.MnistLike()
@@ -119,7 +120,7 @@ def run_model(fw, model, spec, text_vocab, build=None):
         return {**out, "status": "unsupported", "reason": str(e)}
     out["build_s"] = time.perf_counter() - t0
     warm, iters = spec["warmup"], spec["iters"][model]
-    stream = Stream(model, spec["data"], trainer)
+    stream = Stream(model, spec["data"], trainer, cfg)
     keys = stream.keys(warm + iters)
     if hasattr(trainer, "precompile"):
         distinct = list(dict.fromkeys(keys)) if stream.cache else keys[:1]

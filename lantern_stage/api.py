@@ -416,6 +416,215 @@ def embedding(table, idx):
 assign = _nn.assign
 
 
+# ---------------------------------------------------------------- activations, statistics
+erf, sin, cos, log1p = ew.erf, ew.sin, ew.cos, ew.log1p
+
+_SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
+_SQRT_2_OVER_PI = 0.7978845608028654
+
+
+@_composite
+def gelu(x, approximate="none"):
+    """torch.nn.functional.gelu: x * Phi(x) with the normal CDF through erf,
+    or PyTorch's tanh approximation (approximate="tanh")."""
+    x = as_rep(x)
+    if approximate == "none":
+        return x * 0.5 * (erf(x * _SQRT_HALF) + 1.0)
+    if approximate == "tanh":
+        return x * 0.5 * (tanh((x + power(x, 3) * 0.044715) * _SQRT_2_OVER_PI) + 1.0)
+    raise staging_error(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+
+@_composite
+def silu(x):
+    """torch.nn.functional.silu (swish): x * sigmoid(x)."""
+    return mul(x, sigmoid(x))
+
+
+@_composite
+def softplus(x, beta=1.0, threshold=20.0):
+    """torch.nn.functional.softplus: log(1 + exp(beta x)) / beta, and x itself
+    where beta x > threshold.  The exponent is clamped at the threshold, so
+    the branch not taken never overflows (an inf there would turn the zero
+    gradient of `where` into a NaN)."""
+    x = as_rep(x)
+    bx = mul(x, float(beta))
+    big = ew.greater(bx, float(threshold))
+    soft = div(log1p(exp(where(big, float(threshold), bx))), float(beta))
+    return where(big, x, soft)
+
+
+
+def _stat_axes(x, axis, dim, name):
+    if dim is not None:
+        if axis is not None:
+            raise staging_error(f"{name}: give axis or dim, not both")
+        axis = dim
+    return _axes(x, axis, name)
+
+
+@_composite
+def var(x, axis=None, correction=1, keepdims=False, *, unbiased=None, dim=None):
+    """torch.var: sum((x - mean)^2) / (n - correction) over `axis` (all by
+    default); PyTorch's default correction=1 is the unbiased estimate
+    (numpy's np.var is correction=0).  `unbiased=False` is correction=0."""
+    x = as_rep(x)
+    if unbiased is not None:
+        correction = 1 if unbiased else 0
+    axes = _stat_axes(x, axis, dim, "var")
+    n = prod(x.shape[a] for a in axes)
+    d = sub(x, mean(x, axes, keepdims=True))
+    # n <= correction divides by zero: inf or nan, as in PyTorch.
+    return div(sum(mul(d, d), axes, keepdims), float(builtin_max(n - correction, 0)))
+
+
+@_composite
+def std(x, axis=None, correction=1, keepdims=False, *, unbiased=None, dim=None):
+    """torch.std: sqrt(var(x, ...)) with the same arguments."""
+    return sqrt(var(x, axis, correction, keepdims, unbiased=unbiased, dim=dim))
+
+
+builtin_max = __builtins__["max"] if isinstance(__builtins__, dict) else __builtins__.max
+
+
+@_composite
+def logsumexp(x, axis=None, keepdims=False, *, dim=None):
+    """torch.logsumexp: log(sum(exp(x))) over `axis`, computed stably as
+    m + log(sum(exp(x - m))) with m the maximum (0 where it is infinite, so
+    that a row of -inf gives -inf, not nan)."""
+    x = as_rep(x)
+    axes = _stat_axes(x, axis, dim, "logsumexp")
+    m = max(x, axes, keepdims=True)
+    m = where(ew.equal(abs(m), float("inf")), 0.0, m)
+    out = add(log(sum(exp(sub(x, m)), axes, keepdims=True)), m)
+    if keepdims:
+        return out
+    return reshape(out, tuple(n for d, n in enumerate(x.shape) if d not in axes))
+
+
+# ---------------------------------------------------------------- constant index tensors
+def _constant(array):
+    """A numpy array known while staging, passed to the compiled code like a parameter."""
+    return as_rep(array)
+
+
+def arange(start, stop=None, step=1, dtype=None):
+    """numpy.arange / torch.arange of Python numbers: int32 when every
+    argument is an int (unless dtype says otherwise), else float32."""
+    import numpy as np
+
+    if stop is None:
+        start, stop = 0, start
+    args = (start, stop, step)
+    if not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args):
+        raise staging_error(f"arange: start, stop and step must be Python numbers, got {args}")
+    if step == 0:
+        raise staging_error("arange: step must not be zero")
+    if dtype is None:
+        dtype = "int32" if all(isinstance(a, int) for a in args) else "float32"
+    if dtype not in ("int32", "float32"):
+        raise staging_error(f"arange: dtype must be 'int32' or 'float32', got {dtype!r}")
+    values = np.arange(start, stop, step, dtype=np.float64 if dtype == "float32" else np.int64)
+    return _constant(values.astype(dtype))
+
+
+def _triangle(x, diagonal, keep_lower, name):
+    import numpy as np
+
+    x = as_rep(x)
+    if len(x.shape) < 2:
+        raise staging_error(f"{name}: needs at least 2 dimensions, got shape {x.shape}")
+    if not isinstance(diagonal, int) or isinstance(diagonal, bool):
+        raise staging_error(f"{name}: diagonal must be a Python int, got {diagonal!r}")
+    rows, cols = x.shape[-2:]
+    ones = np.ones((rows, cols), dtype=bool)
+    keep = np.tril(ones, diagonal) if keep_lower else np.triu(ones, diagonal)
+    return where(_constant(np.ascontiguousarray(keep)), x, 0)
+
+
+def tril(x, diagonal=0):
+    """torch.tril: x with the elements above the `diagonal`-th diagonal of
+    its last two dimensions zeroed (`lt.tril(lt.ones(S, S))` is a causal mask)."""
+    return _triangle(x, diagonal, True, "tril")
+
+
+def triu(x, diagonal=0):
+    """torch.triu: x with the elements below the `diagonal`-th diagonal zeroed."""
+    return _triangle(x, diagonal, False, "triu")
+
+
+@_composite
+def one_hot(idx, num_classes, dtype="int32"):
+    """torch.nn.functional.one_hot: idx.shape + (num_classes,), 1 at each
+    index.  int32 by default (PyTorch's integer result); dtype="float32"
+    gives a float tensor directly.  Indices outside [0, num_classes) give a
+    row of zeros (PyTorch raises)."""
+    idx = as_rep(idx)
+    if idx.dtype != "int32":
+        raise staging_error(f"one_hot: indices must be int32, got {idx.type}")
+    if not isinstance(num_classes, int) or num_classes <= 0:
+        raise staging_error(f"one_hot: num_classes must be a positive Python int, got {num_classes!r}")
+    hits = ew.equal(reshape(idx, idx.shape + (1,)), arange(num_classes))
+    return cast(hits, dtype)
+
+
+# ---------------------------------------------------------------- normalisation
+@_composite
+def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+    """torch.nn.functional.layer_norm: normalise over the last
+    len(normalized_shape) dimensions with the biased variance, then scale by
+    `weight` and shift by `bias` (both of shape normalized_shape)."""
+    x = as_rep(x)
+    shape_ = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if len(shape_) > len(x.shape) or tuple(x.shape[len(x.shape) - len(shape_):]) != shape_:
+        raise staging_error(f"layer_norm: normalized_shape {shape_} is not the end of the input shape {x.shape}")
+    axes = tuple(range(len(x.shape) - len(shape_), len(x.shape)))
+    d = sub(x, mean(x, axes, keepdims=True))
+    y = mul(d, power(add(mean(mul(d, d), axes, keepdims=True), float(eps)), -0.5))
+    if weight is not None:
+        y = mul(y, weight)
+    return y if bias is None else add(y, bias)
+
+
+@_composite
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+    """torch.nn.functional.batch_norm over the channel axis 1 of [N, C, ...].
+    training: normalise with the batch's statistics (biased variance) and,
+    when running_mean / running_var are given (captured arrays), update them
+    in place: r = (1 - momentum) r + momentum stat, with the unbiased batch
+    variance for running_var.  Otherwise normalise with the running ones.
+    `momentum` may be a staged scalar (BatchNorm's cumulative average)."""
+    x = as_rep(x)
+    if len(x.shape) < 2:
+        raise staging_error(f"batch_norm: expects [N, C, ...], got shape {x.shape}")
+    c = x.shape[1]
+    axes = (0,) + tuple(range(2, len(x.shape)))
+    spread = (c,) + (1,) * (len(x.shape) - 2)  # a [C] vector broadcast along axis 1
+    for what, t in (("running_mean", running_mean), ("running_var", running_var), ("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (c,):
+            raise staging_error(f"batch_norm: {what} must have shape ({c},), got {tuple(t.shape)}")
+    if training:
+        n = prod(x.shape[a] for a in axes)
+        if n <= 1:
+            raise staging_error(f"batch_norm: expected more than one value per channel in training, got shape {x.shape}")
+        mu = mean(x, axes, keepdims=True)
+        d = sub(x, mu)
+        sq = sum(mul(d, d), axes, keepdims=True)
+        inv_std = power(add(div(sq, float(n)), float(eps)), -0.5)
+        if running_mean is not None and running_var is not None:
+            keep = 1.0 - momentum
+            assign(running_mean, add(mul(keep, running_mean), mul(momentum, reshape(mu, (c,)))))
+            assign(running_var, add(mul(keep, running_var), mul(momentum, reshape(div(sq, float(n - 1)), (c,)))))
+        y = mul(d, inv_std)
+    else:
+        if running_mean is None or running_var is None:
+            raise staging_error("batch_norm: evaluation needs running_mean and running_var (or training=True)")
+        y = mul(sub(x, reshape(running_mean, spread)), power(add(reshape(running_var, spread), float(eps)), -0.5))
+    if weight is not None:
+        y = mul(y, reshape(weight, spread))
+    return y if bias is None else add(y, reshape(bias, spread))
+
+
 # ---------------------------------------------------------------- Rep operators
 def _install_operators():
     # Ops are callable objects, not functions, so wrap them to bind as methods.
@@ -455,7 +664,10 @@ def _install_operators():
     Rep.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
     Rep.min = lambda self, axis=None, keepdims=False: min(self, axis, keepdims)
     Rep.argmax = lambda self, axis=None, keepdims=False: argmax(self, axis, keepdims)
-    for name, fn in [("exp", exp), ("log", log), ("tanh", tanh), ("sigmoid", sigmoid), ("relu", relu)]:
+    Rep.var = lambda self, axis=None, correction=1, keepdims=False, **kw: var(self, axis, correction, keepdims, **kw)
+    Rep.std = lambda self, axis=None, correction=1, keepdims=False, **kw: std(self, axis, correction, keepdims, **kw)
+    for name, fn in [("exp", exp), ("log", log), ("tanh", tanh), ("sigmoid", sigmoid), ("relu", relu),
+                     ("sin", sin), ("cos", cos)]:
         setattr(Rep, name, (lambda f: lambda self: f(self))(fn))
     Rep.length = property(lambda self: shape.array_length(self))
     Rep.astype = cast
@@ -473,5 +685,5 @@ _install_operators()
 # the aliases used inside this module (lantern_stage.__all__ lists them again).
 __all__ = [n for n in dir() if not n.startswith("_") and n not in (
     "annotations", "prod", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape",
-    "staging_error", "builtin_sum", "Rep", "as_rep", "functools", "StagingError",
+    "staging_error", "builtin_sum", "builtin_max", "Rep", "as_rep", "functools", "StagingError",
     "getitem", "shape_full", "shape_mod_resolve", "shape_reshape")]

@@ -71,6 +71,7 @@ class Specialization:
         self._program = None
         self._source = None
         self._entry = None
+        self._other_modes: list = []  # (program, source, entry) staged under other train/eval modes
 
     @property
     def program(self) -> Program:
@@ -99,6 +100,20 @@ class Specialization:
             )
             owner._loaded(self._entry)
         return self._entry
+
+    def select_mode(self) -> None:
+        """Keep one entry per combination of train/eval modes of the modules
+        the staged code read (`model.train()` / `model.eval()`): when one has
+        changed since staging, switch to the entry staged under the current
+        modes, staging it if there is none yet."""
+        if self._program is None or self._program.modes_hold():
+            return
+        self._other_modes.append((self._program, self._source, self._entry))
+        for k, (program, _, _) in enumerate(self._other_modes):
+            if program.modes_hold():
+                self._program, self._source, self._entry = self._other_modes.pop(k)
+                return
+        self._program = self._source = self._entry = None
 
 
 class CompiledFunction:
@@ -204,6 +219,7 @@ class CompiledFunction:
 
     def _current_specialization(self) -> Specialization:
         if self._current is not None:  # when fixed, the only one
+            self._current.select_mode()
             return self._current
         if self.is_fixed:
             specs = self.parameters
@@ -251,10 +267,12 @@ class CompiledFunction:
         found = self._by_layout.get(layout) if layout is not None else None
         if found is not None:
             self._current = found
+            found.select_mode()
             return found.entry(*args)
         found, values = self._resolve(args, kwargs)
         if layout is not None:
             self._by_layout[layout] = found
+        found.select_mode()
         return found.entry(*(values[n] for n, _ in self.parameters))
 
     def __call__(self, *args, **kwargs):

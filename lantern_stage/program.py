@@ -30,6 +30,11 @@ class Program:
     captures: list = field(default_factory=list)  # (holder, Var): arrays passed by pointer
     # (name, structure) per argument: a leaf, or a nested dict / tuple / list of leaves
     arguments: list[tuple[str, TreeDef]] = field(default_factory=list)
+    modes: list = field(default_factory=list)  # (module, training): the modes staging read
+
+    def modes_hold(self) -> bool:
+        """Whether every module is still in the train/eval mode it was staged in."""
+        return all(m.training == mode for m, mode in self.modes)
 
     @property
     def argument_trees(self) -> list[tuple[str, object]]:
@@ -165,7 +170,8 @@ def stage(fn, name: str, specs) -> Program:
 
         body = b.close_scope(store_outputs)
     outputs = [r.var for r in reps_out]
-    return Program(name, inputs, outputs, tree, body, list(b.captures), arguments=arguments)
+    return Program(name, inputs, outputs, tree, body, list(b.captures), arguments=arguments,
+                   modes=list(b.modes.values()))
 
 
 def prologue(program: Program) -> list[str]:

@@ -122,6 +122,8 @@ class Builder:
         # parameters, optimizer state).  Passed by pointer on every call.
         self.captures: list[tuple[object, ir.Var]] = []
         self._captured: dict[int, "Rep"] = {}
+        # Modules whose train/eval mode the staged code read: id -> (module, mode).
+        self.modes: dict[int, tuple[object, bool]] = {}
 
     # ------------------------------------------------------------ names, vars
     def fresh(self, prefix: str) -> str:
@@ -159,6 +161,9 @@ class Builder:
             self.captures.append((holder, var))
             self._captured[key] = Rep(var, self.root)
         return self._captured[key]
+
+    def record_mode(self, module, mode: bool) -> None:
+        self.modes.setdefault(id(module), (module, mode))
 
     # ---------------------------------------------------------------- blocks
     @property

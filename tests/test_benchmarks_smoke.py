@@ -65,7 +65,7 @@ def test_weights_are_deterministic_and_pytorch_shaped():
 
 # ----------------------------------------------------------------------------- twin parity
 
-STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2}
+STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "transformer": 3}
 
 
 def _losses(framework, model, n):
@@ -76,8 +76,8 @@ def _losses(framework, model, n):
         pytest.skip(why)
     cfg = spec.make_config(model)
     trainer = fw.build(model, weights.init_weights(cfg), cfg)
-    if model in ("rnn", "lstm"):
-        batches = data.load_text().batches()
+    if model in spec.TEXT_MODELS:
+        batches = data.load_text().batches(cfg.seq, cfg.batch)
     elif model == "cnn":
         batches = data.MnistLike().batches()
     else:
@@ -94,11 +94,13 @@ def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
     and the weights after those steps agree closely, so the twins are the same
     models. (Adagrad's first update is lr * g / |g| per weight, which turns the
     round-off of near-zero gradients into visible weight differences, hence the
-    looser weight tolerance.)"""
+    looser weight tolerance; Adam's first updates are lr * g / (|g| + eps) as well,
+    and move every weight of the transformer by about lr: looser still.)"""
     ref, ref_trainer = _losses("torch", model, STEPS[model])
     got, trainer = _losses(peer, model, STEPS[model])
     np.testing.assert_allclose(got, ref, rtol=1e-4)
-    assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < 1e-2
+    tol = 5e-2 if spec.make_config(model).optimizer == "adam" else 1e-2
+    assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < tol
 
 
 def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():

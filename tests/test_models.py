@@ -1,4 +1,4 @@
-"""The paper's four models in lantern_stage (benchmarks/models) against their
+"""The benchmark models in lantern_stage (benchmarks/models) against their
 PyTorch twins (benchmarks/frameworks/torch_models): same initial weights
 (benchmarks/weights), same data, dropout off.
 
@@ -49,7 +49,7 @@ from benchmarks.weights import init_weights, max_rel_diff  # noqa: E402
 import lantern_stage as lt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = ("rnn", "lstm", "cnn", "treelstm")
+MODELS = ("rnn", "lstm", "cnn", "treelstm", "transformer")
 STEPS = 20
 
 
@@ -146,7 +146,10 @@ def test_losses_match_float64_at_the_paper_settings(model):
     assert fixed_batch_loss(model, cfg, w_ours, batches) < fixed_batch_loss(model, cfg, init_weights(cfg), batches)
 
 
-@pytest.mark.parametrize("model", MODELS)
+# Not the transformer: Adam, like Adagrad at the paper's settings, is
+# ill-conditioned in float32 at its first steps whatever the learning rate (its
+# update is lr * g / (|g| + eps) however small g is); the test above checks it.
+@pytest.mark.parametrize("model", [m for m in MODELS if m != "transformer"])
 def test_first_20_losses_and_weights_match_float64(model):
     """Adagrad's learning rate divided by 10 (a captured array: the very same
     compiled step), where float32 is well-conditioned; the CNN (SGD) at the
@@ -228,3 +231,15 @@ def test_char_lstm_example_trains_samples_and_plots(tmp_path, capsys):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "after training:" in out and "loss curve written" in out
+
+
+def test_char_transformer_example_trains_samples_and_plots(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("char_transformer", REPO / "examples" / "char_transformer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    png = tmp_path / "loss.png"
+    losses = example.main([str(png), "--steps", "60", "--sample", "40"])
+    assert np.mean(losses[-10:]) < 0.8 * losses[0]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "after training" in out and " | " in out and "loss curve written" in out

@@ -23,6 +23,7 @@ session (and found in the on-disk cache on re-runs).
 """
 from __future__ import annotations
 
+import math
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -135,6 +136,77 @@ class NumpyRef:
         return sq.mean() if reduction == "mean" else sq.sum()
 
 
+    erf = staticmethod(np.vectorize(math.erf, otypes=[np.float64]))
+    sin, cos, log1p = np.sin, np.cos, np.log1p
+
+    @staticmethod
+    def gelu(x, approximate="none"):
+        if approximate == "tanh":
+            return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+        return 0.5 * x * (1 + NumpyRef.erf(x / math.sqrt(2)))
+
+    @staticmethod
+    def silu(x):
+        return x / (1.0 + np.exp(-x))
+
+    @staticmethod
+    def softplus(x, beta=1.0, threshold=20.0):
+        with np.errstate(over="ignore"):
+            return np.where(beta * x > threshold, x, np.log1p(np.exp(beta * x)) / beta)
+
+    @staticmethod
+    def var(x, axis=None, correction=1, keepdims=False, unbiased=None):
+        if unbiased is not None:
+            correction = int(unbiased)
+        return np.var(x, axis=axis, ddof=correction, keepdims=keepdims)
+
+    @staticmethod
+    def std(x, axis=None, correction=1, keepdims=False, unbiased=None):
+        return np.sqrt(NumpyRef.var(x, axis, correction, keepdims, unbiased))
+
+    @staticmethod
+    def logsumexp(x, axis=None, keepdims=False):
+        m = np.max(x, axis=axis, keepdims=True)
+        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+        return out if keepdims else np.squeeze(out, axis=axis)
+
+    @staticmethod
+    def arange(*args, dtype=None):
+        out = np.arange(*args)
+        return out.astype(np.float64) if dtype == "float32" else out
+
+    @staticmethod
+    def tril(x, diagonal=0):
+        return np.tril(x, diagonal)
+
+    @staticmethod
+    def triu(x, diagonal=0):
+        return np.triu(x, diagonal)
+
+    @staticmethod
+    def one_hot(idx, num_classes, dtype="int32"):
+        return np.eye(num_classes, dtype=np.float64 if dtype == "float32" else np.int64)[idx]
+
+    @staticmethod
+    def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))
+        y = (x - x.mean(axes, keepdims=True)) / np.sqrt(x.var(axes, keepdims=True) + eps)
+        y = y if weight is None else y * weight
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+        axes = (0,) + tuple(range(2, x.ndim))
+        spread = (-1,) + (1,) * (x.ndim - 2)
+        if training:
+            mu, v = x.mean(axes, keepdims=True), x.var(axes, keepdims=True)
+        else:
+            mu, v = running_mean.reshape(spread), running_var.reshape(spread)
+        y = (x - mu) / np.sqrt(v + eps)
+        y = y if weight is None else y * weight.reshape(spread)
+        return y if bias is None else y + bias.reshape(spread)
+
+
 class TorchRef:
     """PyTorch (float64) under lantern_stage's signatures."""
 
@@ -233,6 +305,55 @@ class TorchRef:
     def mse_loss(a, b, reduction="mean"):
         return torch_F.mse_loss(a, b, reduction=reduction)
 
+    erf = staticmethod(lambda x: torch.erf(x))
+    sin = staticmethod(lambda x: torch.sin(x))
+    cos = staticmethod(lambda x: torch.cos(x))
+    log1p = staticmethod(lambda x: torch.log1p(x))
+    silu = staticmethod(lambda x: torch_F.silu(x))
+    tril = staticmethod(lambda x, diagonal=0: torch.tril(x, diagonal))
+    triu = staticmethod(lambda x, diagonal=0: torch.triu(x, diagonal))
+
+    @staticmethod
+    def gelu(x, approximate="none"):
+        return torch_F.gelu(x, approximate=approximate)
+
+    @staticmethod
+    def softplus(x, beta=1.0, threshold=20.0):
+        return torch_F.softplus(x, beta=beta, threshold=threshold)
+
+    @staticmethod
+    def var(x, axis=None, correction=1, keepdims=False, unbiased=None):
+        if unbiased is not None:
+            correction = int(unbiased)
+        return torch.var(x, dim=axis, correction=correction, keepdim=keepdims)
+
+    @staticmethod
+    def std(x, axis=None, correction=1, keepdims=False, unbiased=None):
+        return torch.sqrt(TorchRef.var(x, axis, correction, keepdims, unbiased))
+
+    @staticmethod
+    def logsumexp(x, axis=None, keepdims=False):
+        return torch.logsumexp(x, dim=TorchRef._dims(x, axis), keepdim=keepdims)
+
+    @staticmethod
+    def arange(*args, dtype=None):
+        floats = dtype == "float32" or any(isinstance(a, float) for a in args)
+        return torch.arange(*args, dtype=torch.float64 if floats else torch.int64)
+
+    @staticmethod
+    def one_hot(idx, num_classes, dtype="int32"):
+        out = torch_F.one_hot(idx.long(), num_classes)
+        return out.double() if dtype == "float32" else out
+
+    @staticmethod
+    def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        return torch_F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+    @staticmethod
+    def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
+        stats = [None if t is None else torch.tensor(t, dtype=torch.float64) for t in (running_mean, running_var)]
+        return torch_F.batch_norm(x, *stats, weight, bias, training=training, momentum=momentum, eps=eps)
+
 
 # ---------------------------------------------------------------- inputs
 @dataclass(frozen=True)
@@ -317,6 +438,10 @@ def C(name, fn, *args, torch=True):
 
 
 # ---------------------------------------------------------------- the table
+# batch_norm's running statistics in evaluation: constants of the model, not inputs.
+RUNNING_MEAN = np.array([0.5, -1.0, 0.25], dtype=np.float32)
+RUNNING_VAR = np.array([2.0, 0.5, 1.5], dtype=np.float32)
+
 CASES = [
     # arithmetic with numpy broadcasting
     C("add/same shape", lambda m, a, b: a + b, F(3, 4), F(3, 4)),
@@ -508,6 +633,56 @@ CASES = [
     C("mse_loss/mean", lambda m, a, b: m.mse_loss(a, b), F(3, 4), F(3, 4)),
     C("mse_loss/sum", lambda m, a, b: m.mse_loss(a, b, reduction="sum"), F(3, 4), F(3, 4)),
     C("mse_loss/1-D", lambda m, a, b: m.mse_loss(a, b), F(6), F(6)),
+    # activations and special functions (issue 12)
+    C("erf/", lambda m, a: m.erf(a), F(3, 4, scale=1.5)),
+    C("erf/saturates", lambda m, a: m.erf(a), F(3, 4, scale=5.0)),
+    C("sin/", lambda m, a: m.sin(a), F(3, 4, scale=3.0)),
+    C("sin/large arguments", lambda m, a: m.sin(a), F(3, 4, scale=30.0)),
+    C("cos/", lambda m, a: m.cos(a), F(3, 4, scale=3.0)),
+    C("cos/large arguments", lambda m, a: m.cos(a), F(3, 4, scale=30.0)),
+    C("log1p/", lambda m, a: m.log1p(a), P(3, 4)),
+    C("log1p/small arguments", lambda m, a: m.log1p(a), F(3, 4, scale=1e-3)),
+    C("gelu/exact", lambda m, a: m.gelu(a), F(3, 4, scale=2.0)),
+    C("gelu/tanh", lambda m, a: m.gelu(a, approximate="tanh"), F(3, 4, scale=2.0)),
+    C("silu/", lambda m, a: m.silu(a), F(3, 4, scale=3.0)),
+    C("softplus/", lambda m, a: m.softplus(a), F(3, 4, scale=3.0)),
+    C("softplus/beta and threshold", lambda m, a: m.softplus(a, beta=2.0, threshold=5.0), F(3, 4, scale=4.0)),
+    C("softplus/large inputs do not overflow", lambda m, a: m.softplus(a), F(3, 4, scale=60.0)),
+    # statistics
+    C("var/all (unbiased)", lambda m, a: m.var(a), F(2, 3, 4)),
+    C("var/axis 1 keepdims", lambda m, a: m.var(a, axis=1, keepdims=True), F(2, 3, 4)),
+    C("var/correction 0", lambda m, a: m.var(a, -1, correction=0), F(3, 5)),
+    C("var/unbiased False axes (0, 2)", lambda m, a: m.var(a, (0, 2), unbiased=False), F(2, 3, 4)),
+    C("std/all", lambda m, a: m.std(a), F(3, 4)),
+    C("std/axis -1", lambda m, a: m.std(a, axis=-1), F(3, 5)),
+    C("logsumexp/last axis", lambda m, a: m.logsumexp(a, -1), F(3, 5)),
+    C("logsumexp/all", lambda m, a: m.logsumexp(a), F(3, 4)),
+    C("logsumexp/axis 0 keepdims", lambda m, a: m.logsumexp(a, 0, keepdims=True), F(3, 4)),
+    C("logsumexp/large values", lambda m, a: m.logsumexp(a, axis=1), F(3, 5, scale=100.0)),
+    # constant index tensors and masks
+    C("arange/stop", lambda m: m.arange(5)),
+    C("arange/start stop step", lambda m: m.arange(2, 11, 3)),
+    C("arange/floats", lambda m: m.arange(0.5, 3.0, 0.5)),
+    C("arange/times input", lambda m, a: a * m.arange(4), F(3, 4)),
+    C("arange/float dtype", lambda m, a: a + m.arange(4, dtype="float32"), F(4)),
+    C("tril/", lambda m, a: m.tril(a), F(4, 4)),
+    C("tril/diagonal 1, wide", lambda m, a: m.tril(a, 1), F(3, 5)),
+    C("tril/batched", lambda m, a: m.tril(a, -1), F(2, 4, 4)),
+    C("tril/causal mask", lambda m: m.tril(m.ones(4, 4))),
+    C("triu/", lambda m, a: m.triu(a), F(4, 4)),
+    C("triu/diagonal -1, tall", lambda m, a: m.triu(a, -1), F(5, 3)),
+    C("one_hot/", lambda m, t: m.one_hot(t, 5), I(6, high=5)),
+    C("one_hot/2-D indices", lambda m, t: m.one_hot(t, 3), I(2, 4, high=3)),
+    C("one_hot/float32 times input", lambda m, a, t: a * m.one_hot(t, 4, dtype="float32"), F(3, 4), I(3, high=4)),
+    # normalisation
+    C("layer_norm/last axis affine", lambda m, x, w, b: m.layer_norm(x, (5,), w, b), F(3, 5), F(5), F(5)),
+    C("layer_norm/two axes", lambda m, x: m.layer_norm(x, (3, 4)), F(2, 3, 4)),
+    C("layer_norm/eps", lambda m, x, w: m.layer_norm(x, [4], w, eps=0.5), F(3, 4, scale=0.5), F(4)),
+    C("batch_norm/training 2-D", lambda m, x, w, b: m.batch_norm(x, None, None, w, b, training=True),
+      F(6, 3), F(3), F(3)),
+    C("batch_norm/training 4-D", lambda m, x, w, b: m.batch_norm(x, None, None, w, b, True), F(4, 3, 2, 2), F(3), F(3)),
+    C("batch_norm/training 3-D no affine", lambda m, x: m.batch_norm(x, None, None, training=True), F(3, 2, 5)),
+    C("batch_norm/eval", lambda m, x, w, b: m.batch_norm(x, RUNNING_MEAN, RUNNING_VAR, w, b), F(5, 3), F(3), F(3)),
     # compositions, as models use them
     C("chain/dense tanh layer", lambda m, x, w, b: m.tanh(x @ w + b), F(4, 3), F(3, 5), F(5)),
     C("chain/softmax of matmul", lambda m, x, w: m.softmax(x @ w, axis=-1).sum(0), F(4, 3), F(3, 5)),
@@ -522,6 +697,9 @@ CONTRACT_OPS = {
     "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
     "sum", "mean", "max", "min", "argmax", "index", "concat", "stack", "zeros", "ones", "full",
     "log_softmax", "softmax", "nll_loss", "cross_entropy", "mse_loss",
+    # issue 12
+    "erf", "sin", "cos", "log1p", "gelu", "silu", "softplus", "var", "std", "logsumexp",
+    "arange", "tril", "triu", "one_hot", "layer_norm", "batch_norm",
 }
 
 GROUPS = [CASES[i:i + GROUP_SIZE] for i in range(0, len(CASES), GROUP_SIZE)]

@@ -124,7 +124,34 @@ def _models():
         logp = jax.nn.log_softmax(logits, axis=-1)
         return -jnp.sum(mask * jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0])
 
-    return dict(rnn=loss_rnn, lstm=loss_lstm, cnn=loss_cnn, treelstm=loss_treelstm)
+    def layer_norm(x, p, name, eps=1e-5):
+        mu = jnp.mean(x, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+        return (x - mu) * lax.rsqrt(var + eps) * p[name + ".weight"] + p[name + ".bias"]
+
+    def loss_transformer(p, ids, ys, heads, layers):
+        """Pre-norm encoder layers as torch.nn.TransformerEncoderLayer(norm_first=True,
+        activation="gelu", dropout=0) computes them, causal mask, batch first."""
+        B, S = ids.shape
+        x = p["tok.weight"][ids] + p["pos"]
+        E = x.shape[-1]
+        D = E // heads
+        causal = jnp.triu(jnp.ones((S, S), bool), 1)
+        for i in range(layers):
+            pre = f"layers.{i}."
+            h = layer_norm(x, p, pre + "norm1")
+            qkv = h @ p[pre + "self_attn.in_proj_weight"].T + p[pre + "self_attn.in_proj_bias"]
+            q, k, v = jnp.transpose(qkv.reshape(B, S, 3, heads, D), (2, 0, 3, 1, 4))
+            scores = jnp.where(causal, -jnp.inf, (q @ jnp.swapaxes(k, -1, -2)) / np.sqrt(D))
+            att = jax.nn.softmax(scores, axis=-1) @ v                          # [B, H, S, D]
+            att = jnp.transpose(att, (0, 2, 1, 3)).reshape(B, S, E)
+            x = x + linear(att, p, pre + "self_attn.out_proj")
+            h = jax.nn.gelu(linear(layer_norm(x, p, pre + "norm2"), p, pre + "linear1"), approximate=False)
+            x = x + linear(h, p, pre + "linear2")
+        logits = linear(layer_norm(x, p, "norm"), p, "head")
+        return ce_sum(logits.reshape(B * S, -1), ys.reshape(-1)) / (B * S)
+
+    return dict(rnn=loss_rnn, lstm=loss_lstm, cnn=loss_cnn, treelstm=loss_treelstm, transformer=loss_transformer)
 
 
 class JaxTrainer:
@@ -134,11 +161,15 @@ class JaxTrainer:
         self.jax, self.jnp = jax, jnp
         self.model, self.cfg = model, cfg
         self.params = {k: jnp.asarray(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
-        self.acc = {k: jnp.zeros_like(v) for k, v in self.params.items()}
+        zeros = lambda: {k: jnp.zeros_like(v) for k, v in self.params.items()}  # noqa: E731
+        # Adagrad: the accumulators; Adam: (step, exp_avg, exp_avg_sq), PyTorch's state.
+        self.acc = (jnp.zeros((), jnp.float32), zeros(), zeros()) if cfg.optimizer == "adam" else zeros()
         self.key = jax.random.PRNGKey(0)
         loss = _models()[model]
         if model == "cnn":
             loss = partial(loss, dropout=cfg.dropout, rate=cfg.dropout_p)
+        if model == "transformer":
+            loss = partial(loss, heads=cfg.heads, layers=cfg.layers)
         if model == "treelstm":
             emb = jnp.asarray(cfg.embedding)
             loss = (lambda p, *b, _l=loss: _l(p, emb, *b))
@@ -159,6 +190,15 @@ class JaxTrainer:
             acc = jax.tree_util.tree_map(lambda a, g: a + g * g, acc, grads)
             params = jax.tree_util.tree_map(lambda p, a, g: p - cfg.lr * g / (jnp.sqrt(a) + cfg.eps),
                                             params, acc, grads)
+        elif cfg.optimizer == "adam":   # torch.optim.Adam: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+            (b1, b2), (t, m, v) = (0.9, 0.999), acc
+            t = t + 1.0
+            m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+            v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t
+            params = jax.tree_util.tree_map(
+                lambda p, m, v: p - cfg.lr / bc1 * m / (jnp.sqrt(v) / jnp.sqrt(bc2) + cfg.eps), params, m, v)
+            acc = (t, m, v)
         else:
             params = jax.tree_util.tree_map(lambda p, g: p - cfg.lr * g, params, grads)
         return params, acc, key, loss
@@ -167,6 +207,8 @@ class JaxTrainer:
         jnp = self.jnp
         if self.model in ("rnn", "lstm"):
             return jnp.asarray(batch.xs), jnp.asarray(batch.ys)
+        if self.model == "transformer":   # [seq, batch] -> [batch, seq]
+            return jnp.asarray(batch.ids.T), jnp.asarray(batch.ys.T)
         if self.model == "cnn":
             return jnp.asarray(batch.x), jnp.asarray(batch.y)
         return tuple(jnp.asarray(a) for a in padded_schedule(batch))

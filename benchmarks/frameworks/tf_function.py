@@ -96,6 +96,11 @@ class TFTrainer:
         self.var_list = list(self.vars.values())
         self.acc = ([tf.Variable(tf.zeros_like(v)) for v in self.var_list]
                     if cfg.optimizer == "adagrad" else None)
+        if cfg.optimizer == "adam":   # PyTorch's Adam state: step, exp_avg, exp_avg_sq
+            self.adam_t = tf.Variable(0.0)
+            self.adam_m = [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
+            self.adam_v = [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
+            self.acc = [self.adam_t] + self.adam_m + self.adam_v   # saved and restored by precompile
         if model == "treelstm":
             self.emb = tf.constant(cfg.embedding)
         self.loss_fn = getattr(self, f"_loss_{model}")
@@ -110,6 +115,8 @@ class TFTrainer:
                     tf.TensorSpec([cfg.seq, cfg.batch], tf.int32)]
         if self.model == "cnn":
             return [tf.TensorSpec([cfg.batch, 28, 28, 1], tf.float32), tf.TensorSpec([cfg.batch], tf.int32)]
+        if self.model == "transformer":
+            return [tf.TensorSpec([cfg.batch, cfg.seq], tf.int32), tf.TensorSpec([cfg.batch, cfg.seq], tf.int32)]
         if self.model == "treelstm" and not self.jit:
             i = tf.int32
             return [tf.TensorSpec([None], i), tf.TensorSpec([None], i), tf.TensorSpec([None], i),
@@ -122,6 +129,8 @@ class TFTrainer:
             return tf.constant(batch.xs), tf.constant(batch.ys)
         if self.model == "cnn":
             return tf.constant(batch.x.transpose(0, 2, 3, 1)), tf.constant(batch.y)
+        if self.model == "transformer":   # [seq, batch] -> [batch, seq]
+            return tf.constant(batch.ids.T), tf.constant(batch.ys.T)
         if self.jit:
             return tuple(tf.constant(a) for a in padded_schedule(batch))
         return tuple(tf.constant(a) for a in level_schedule(batch))
@@ -157,6 +166,15 @@ class TFTrainer:
             for v, a, g in zip(self.var_list, self.acc, grads):
                 a.assign_add(g * g)
                 v.assign_sub(cfg.lr * g / (tf.sqrt(a) + cfg.eps))
+        elif cfg.optimizer == "adam":   # torch.optim.Adam: p -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+            b1, b2 = 0.9, 0.999
+            t = self.adam_t.assign_add(1.0)
+            bc1, bc2 = 1.0 - tf.pow(b1, t), 1.0 - tf.pow(b2, t)
+            for v, m, s2, g in zip(self.var_list, self.adam_m, self.adam_v, grads):
+                g = tf.convert_to_tensor(g)   # the embedding's gradient is IndexedSlices
+                m.assign(b1 * m + (1.0 - b1) * g)
+                s2.assign(b2 * s2 + (1.0 - b2) * g * g)
+                v.assign_sub(cfg.lr / bc1 * m / (tf.sqrt(s2) / tf.sqrt(bc2) + cfg.eps))
         else:
             for v, g in zip(self.var_list, grads):
                 v.assign_sub(cfg.lr * g)
@@ -226,6 +244,35 @@ class TFTrainer:
         if self.cfg.dropout:
             x = tf.nn.dropout(x, rate=self.cfg.dropout_p)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, self._linear(x, "fc2")))
+
+    def _layer_norm(self, x, name, eps=1e-5):
+        tf = self.tf
+        mu, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        return (x - mu) * tf.math.rsqrt(var + eps) * self.vars[name + ".weight"] + self.vars[name + ".bias"]
+
+    def _loss_transformer(self, ids, ys):
+        """Pre-norm encoder layers as torch.nn.TransformerEncoderLayer(norm_first=True,
+        activation="gelu", dropout=0) computes them, causal mask, batch first."""
+        tf, v, cfg = self.tf, self.vars, self.cfg
+        B, S, E, H = cfg.batch, cfg.seq, cfg.hidden, cfg.heads
+        D = E // H
+        future = tf.constant(np.triu(np.ones((S, S), bool), 1))
+        x = tf.gather(v["tok.weight"], ids) + v["pos"]
+        for i in range(cfg.layers):
+            pre = f"layers.{i}."
+            h = self._layer_norm(x, pre + "norm1")
+            qkv = tf.matmul(h, v[pre + "self_attn.in_proj_weight"], transpose_b=True) + v[pre + "self_attn.in_proj_bias"]
+            qkv = tf.transpose(tf.reshape(qkv, [B, S, 3, H, D]), [2, 0, 3, 1, 4])
+            q, k, val = qkv[0], qkv[1], qkv[2]
+            scores = tf.where(future, -np.inf, tf.matmul(q, k, transpose_b=True) / np.sqrt(D))
+            att = tf.matmul(tf.nn.softmax(scores, axis=-1), val)
+            att = tf.reshape(tf.transpose(att, [0, 2, 1, 3]), [B, S, E])
+            x = x + self._linear(att, pre + "self_attn.out_proj")
+            h = tf.nn.gelu(self._linear(self._layer_norm(x, pre + "norm2"), pre + "linear1"), approximate=False)
+            x = x + self._linear(h, pre + "linear2")
+        logits = self._linear(self._layer_norm(x, "norm"), "head")
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            tf.reshape(ys, [-1]), tf.reshape(logits, [B * S, -1])))
 
     def _cells(self):
         tf, v, H = self.tf, self.vars, self.cfg.hidden

@@ -1,4 +1,4 @@
-"""The PyTorch twins of the four benchmark models, importable on their own.
+"""The PyTorch twins of the benchmark models, importable on their own.
 
 These are the reference implementations of the spec in ``benchmarks.spec`` /
 ``benchmarks.weights``: lantern_stage's parity tests build them from the same
@@ -158,7 +158,38 @@ class TreeLSTM(nn.Module):
         return torch.stack(losses).sum()
 
 
-MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM}
+class CharTransformer(nn.Module):
+    """Character-level transformer LM: token embedding + learned positions, cfg.layers
+    pre-norm `nn.TransformerEncoderLayer`s (GELU, causal mask, no dropout), a final
+    LayerNorm and a linear head; the loss is the mean next-character cross-entropy.
+    Inputs are [batch, seq] ids (batch_first)."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        E = cfg.hidden
+        self.tok = nn.Embedding(cfg.vocab, E)
+        self.pos = nn.Parameter(torch.zeros(cfg.seq, E))
+        self.layers = nn.ModuleList([
+            nn.TransformerEncoderLayer(E, cfg.heads, cfg.ff, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True) for _ in range(cfg.layers)])
+        self.norm = nn.LayerNorm(E)
+        self.head = nn.Linear(E, cfg.vocab)
+        self.register_buffer("mask", torch.triu(torch.ones(cfg.seq, cfg.seq, dtype=torch.bool), 1),
+                             persistent=False)   # True: a future position, not attended to
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok(ids) + self.pos
+        for layer in self.layers:
+            x = layer(x, src_mask=self.mask)
+        return self.head(self.norm(x))
+
+    def forward(self, ids: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+        logits = self.logits(ids)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1))
+
+
+MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM,
+                 "transformer": CharTransformer}
 
 
 def from_weights(model: str, weights: Dict[str, np.ndarray], cfg: Config) -> nn.Module:
@@ -182,6 +213,8 @@ def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         return torch.optim.Adagrad(net.parameters(), lr=cfg.lr, eps=cfg.eps)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=cfg.eps)
     raise ValueError(cfg.optimizer)
 
 
@@ -200,6 +233,9 @@ def prepare(model: str, batch):
         return torch.from_numpy(batch.x), torch.from_numpy(batch.y.astype(np.int64))
     if model == "treelstm":
         return (prepare_tree(batch),)
+    if model == "transformer":   # [seq, batch] -> [batch, seq]
+        return (torch.from_numpy(np.ascontiguousarray(batch.ids.T).astype(np.int64)),
+                torch.from_numpy(np.ascontiguousarray(batch.ys.T).astype(np.int64)))
     raise ValueError(model)
 
 

@@ -1,6 +1,6 @@
-"""The paper's four models written in lantern_stage.
+"""The benchmark models written in lantern_stage.
 
-Each module (`rnn`, `lstm`, `cnn`, `treelstm`) defines the model as an
+Each module (`rnn`, `lstm`, `cnn`, `treelstm`, `transformer`) defines the model as an
 `lt.nn.Module` with PyTorch's parameter names and layouts, and exposes
 
     build(weights: dict, cfg: benchmarks.spec.Config) -> LanternTrainer
@@ -53,7 +53,9 @@ def config_and_data(model: str, data=None, **overrides):
     from benchmarks import data as bdata
     from benchmarks.spec import make_config
 
-    if model in ("rnn", "lstm"):
+    from benchmarks.spec import TEXT_MODELS
+
+    if model in TEXT_MODELS:
         text = bdata.load_text(data)
         cfg = make_config(model, vocab=len(text.vocab), **overrides)
         return cfg, lambda: text.batches(cfg.seq, cfg.batch), text.source

@@ -5,6 +5,9 @@ Parameters are numpy arrays that compiled code reads and updates in place
 """
 from . import init  # noqa: F401
 from .layers import (  # noqa: F401
-    AvgPool2d, Conv2d, Dropout, Embedding, Flatten, Linear, LSTMCell, MaxPool2d, ReLU, Sequential, Sigmoid, Tanh,
+    GELU, AvgPool2d, Conv2d, Dropout, Embedding, Flatten, GRUCell, Linear, LSTMCell, MaxPool2d, ReLU, Sequential,
+    Sigmoid, SiLU, Tanh,
 )
 from .module import Module, Parameter, bind, functional_call  # noqa: F401
+from .normalization import BatchNorm1d, BatchNorm2d, LayerNorm  # noqa: F401
+from .transformer import MultiheadAttention, TransformerEncoderLayer  # noqa: F401

@@ -116,6 +116,40 @@ class LSTMCell(Module):
         return f"{self.input_size}, {self.hidden_size}"
 
 
+class GRUCell(Module):
+    """PyTorch's GRUCell: weight_ih [3H, I], weight_hh [3H, H], bias_ih,
+    bias_hh [3H], gates stacked r, z, n; forward(x, h) -> h'.
+        r = sigmoid(x W_ir^T + b_ir + h W_hr^T + b_hr),  z likewise,
+        n = tanh(x W_in^T + b_in + r * (h W_hn^T + b_hn)),  h' = (1 - z) n + z h."""
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True):
+        super().__init__()
+        self.input_size, self.hidden_size = input_size, hidden_size
+        self.weight_ih = _empty(3 * hidden_size, input_size)
+        self.weight_hh = _empty(3 * hidden_size, hidden_size)
+        self.register_parameter("bias_ih", _empty(3 * hidden_size) if bias else None)
+        self.register_parameter("bias_hh", _empty(3 * hidden_size) if bias else None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0.0
+        for p in self.parameters():
+            init.uniform_(p, -bound, bound)
+
+    def forward(self, x, h=None):
+        if h is None:
+            h = F.zeros(*(x.shape[:-1] + (self.hidden_size,)))
+        xr, xz, xn = F.split(F.linear(x, self.weight_ih, self.bias_ih), self.hidden_size, axis=-1)
+        hr, hz, hn = F.split(F.linear(h, self.weight_hh, self.bias_hh), self.hidden_size, axis=-1)
+        r = F.sigmoid(xr + hr)
+        z = F.sigmoid(xz + hz)
+        n = F.tanh(xn + r * hn)
+        return (1.0 - z) * n + z * h
+
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
+
 class Dropout(Module):
     """Zeroes elements with probability p in training mode (`.train()`), the
     identity in `.eval()` mode.  The mode is read when the model is staged."""
@@ -169,6 +203,24 @@ class _Function(Module):
 
 class ReLU(_Function):
     fn = staticmethod(F.relu)
+
+
+class GELU(Module):
+    """torch.nn.GELU(approximate="none" | "tanh")."""
+
+    def __init__(self, approximate: str = "none"):
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x):
+        return F.gelu(x, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class SiLU(_Function):
+    fn = staticmethod(F.silu)
 
 
 class Tanh(_Function):

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..ops.registry import as_rep
-from ..staging import is_staging
+from ..staging import current, is_staging
 
 
 class Parameter:
@@ -135,6 +135,22 @@ class Module:
                 return
         object.__delattr__(self, name)
 
+    @property
+    def training(self) -> bool:
+        """True in training mode (the default, `.train()`), False after
+        `.eval()`.  Staged code that reads it is specialised to it: the
+        builder records the read, and a compiled function stages (and
+        builds) another entry when a mode it read has changed."""
+        origin = self.__dict__.get("_bound_from", self)
+        mode = origin.__dict__["_training"]
+        if is_staging():
+            current().record_mode(origin, mode)
+        return mode
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        self.__dict__["_training"] = bool(mode)
+
     def register_parameter(self, name: str, param: Parameter | None) -> None:
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: {name!r} must be a Parameter, got {type(param).__name__}")
@@ -149,7 +165,9 @@ class Module:
         for store in ("_parameters", "_modules"):
             self.__dict__[store].pop(name, None)
         self.__dict__.pop(name, None)
-        arr = np.ascontiguousarray(array)
+        arr = np.asarray(array)
+        if not arr.flags.c_contiguous:  # (np.ascontiguousarray would make a 0-d array 1-d)
+            arr = arr.copy()
         self.__dict__["_buffers"][name] = arr
         if not persistent:
             self.__dict__.setdefault("_non_persistent", set()).add(name)
@@ -302,6 +320,7 @@ def bind(module: Module, values: dict) -> Module:
     for m in order:
         new = object.__new__(type(m))
         new.__dict__.update(m.__dict__)
+        new.__dict__["_bound_from"] = m.__dict__.get("_bound_from", m)  # whose train/eval mode it has
         params = OrderedDict((k, values.get(id(p), p)) for k, p in m._parameters.items())
         new.__dict__["_parameters"] = params
         copies[id(m)] = new

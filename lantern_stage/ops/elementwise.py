@@ -147,6 +147,10 @@ tanh = elementwise("tanh", "lt::tanh_f({x})", lambda x, y: 1.0 - y * y)
 # derivative y*(1-y) needs no extra buffers.
 sigmoid = elementwise("sigmoid", "lt::sigmoid_f({x})", lambda x, y: y * (1.0 - y))
 relu = elementwise("relu", "lt::max_f({x}, 0.0f)", lambda x, y: where(x > 0.0, 1.0, 0.0))
+erf = elementwise("erf", "lt::erf_f({x})", lambda x, y: 1.1283791670955126 * exp(-(x * x)))
+sin = elementwise("sin", "lt::sin_f({x})", lambda x, y: cos(x))
+cos = elementwise("cos", "lt::cos_f({x})", lambda x, y: -sin(x))
+log1p = elementwise("log1p", "lt::log1p_f({x})", lambda x, y: 1.0 / (1.0 + x))
 abs_ = elementwise("abs", "lt::abs_f({x})", lambda x, y: where(x > 0.0, 1.0, where(x < 0.0, -1.0, 0.0)))
 
 

@@ -39,6 +39,23 @@ def analyse(body: ir.Block) -> Buffers:
     return Buffers(root, owned)
 
 
+def referenced(stmt: ir.Stmt, buffers: Buffers) -> set:
+    """Ids of root buffers a statement (with everything nested in it) reads or writes."""
+    out = set()
+    stack = [stmt]
+    while stack:
+        s = stack.pop()
+        for v in s.reads() + s.writes():
+            out.add(id(buffers.of(v)[0]))
+        if isinstance(s, ir.Alias):
+            out.add(id(buffers.of(s.base)[0]))
+        if isinstance(s, ir.Alloc):
+            out.add(id(s.var))
+        for child in ir.children(s):
+            stack.extend(child.stmts)
+    return out
+
+
 def read_counts(body: ir.Block, buffers: Buffers) -> dict:
     """Root id -> number of statements reading it, not counting a statement's
     reads of what it writes itself (an accumulation keeps nothing alive)."""
