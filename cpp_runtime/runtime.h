@@ -104,9 +104,16 @@ class SigintScope {
     }
     active_ = true;
   }
-  ~SigintScope() {
-    if (active_) sigaction(SIGINT, &saved_, nullptr);
+  // Puts the saved handler back.  A Ctrl-C that came when no poll could see it
+  // (straight-line code) is handed on to that handler, so Python raises
+  // KeyboardInterrupt after the call as it always would have.
+  void restore(bool stopped_by_it) {
+    if (!active_) return;
+    active_ = false;
+    sigaction(SIGINT, &saved_, nullptr);
+    if (interrupted && !stopped_by_it) raise(SIGINT);
   }
+  ~SigintScope() { restore(true); }
   SigintScope(const SigintScope&) = delete;
   SigintScope& operator=(const SigintScope&) = delete;
 
@@ -157,6 +164,7 @@ class Runtime {
     }
     arena.release(0);
     status->peak_bytes = static_cast<int64_t>(arena.peak());
+    sigint.restore(status->kind == 5);
     return status->kind;
   }
 

@@ -39,6 +39,11 @@ def fan(n: lt.Int):
     return _fan(n)
 
 
+@lt.export
+def big(a: lt.Tensor[600, 600]):
+    return lt.sum(lt.tanh(a @ a) @ a)  # straight-line code: no loop or call to poll at
+
+
 lt.manual_seed(0)
 model = nn.Linear(3, 2)
 optimizer = lt.optim.Adam(model.parameters(), lr=0.01)

@@ -188,8 +188,8 @@ def test_inner_mix(x, idx, k, labels, mask):
        i=st.one_of(st.integers(-3, 8), argument((), "int32")), v=argument((2, 3), "float32"))
 def test_inner_pick(a, i, v):
     pkg = package()
-    ok = (isinstance(a, np.ndarray) and a.dtype == np.int32 and a.ndim == 1 and a.flags.c_contiguous
-          and acceptable(i, (), "int32") and acceptable(v, (2, 3), "float32"))
+    ok = (isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray) and a.dtype == np.int32
+          and a.ndim == 1 and a.flags.c_contiguous and acceptable(i, (), "int32") and acceptable(v, (2, 3), "float32"))
     in_range = ok and -len(a) <= int(i) < len(a)  # a negative index counts from the end
     try:
         out = pkg.pick(a, i, v)

@@ -179,6 +179,15 @@ SIGINT_SCRIPT = """
         except KeyboardInterrupt as e:
             print(name, "interrupted", str(e), f"{{time.perf_counter() - start - 0.3:.3f}}")
     print("after", int(hpkg.walk(np.array([1, 2, -1], np.int32), 0)), float(hpkg.fan(10)))
+    a = np.full((600, 600), 0.01, np.float32)
+    try:  # a Ctrl-C during straight-line code is Python's, after the call: not lost
+        interrupt_after(0.01)
+        for _ in range(100):
+            hpkg.big(a)
+        time.sleep(5)
+        print("big", "not interrupted")
+    except KeyboardInterrupt as e:
+        print("big", "interrupted")
     interrupt_after(0.1)
     try:
         time.sleep(30)
@@ -194,7 +203,8 @@ def test_sigint_stops_a_compiled_loop_and_recursion_and_the_module_stays_usable(
     assert lines[0][:3] == ["walk", "interrupted", "walk:"], proc.stdout  # a while_loop back-edge
     assert lines[1][:3] == ["fan", "interrupted", "fan:"], proc.stdout  # staged-function entries
     assert lines[2] == ["after", "3", "1024.0"], proc.stdout
-    assert lines[3] == ["python", "interrupted"], proc.stdout  # Python's own handler is back
+    assert lines[3] == ["big", "interrupted"], proc.stdout
+    assert lines[4] == ["python", "interrupted"], proc.stdout  # Python's own handler is back
 
 
 # ---------------------------------------------------------------- 6. the cache lock and timeouts
