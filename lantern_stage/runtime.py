@@ -31,7 +31,8 @@ class LanternRuntimeError(RuntimeError):
     """An error raised by compiled code."""
 
 
-_ERRORS = {1: LanternRuntimeError, 2: IndexError, 3: ArenaExhausted, 4: RecursionError}
+_ERRORS = {1: LanternRuntimeError, 2: IndexError, 3: ArenaExhausted, 4: RecursionError,
+           6: ZeroDivisionError, 7: OverflowError}
 
 
 @dataclass(frozen=True)

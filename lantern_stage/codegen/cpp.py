@@ -9,6 +9,8 @@ The module skeleton is the jinja2 template templates/module.cpp.j2.
 """
 from __future__ import annotations
 
+from math import prod
+
 from .. import ir
 from ..types import CPP_TYPE, IntArrayType
 from .kernels import render_prim
@@ -194,6 +196,13 @@ class Renderer:
     def loop(self, m: ir.Map) -> None:
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
+        stride_of = {id(v): st for v, st in zip(views, strides)}
+        sums = [a for a in m.assigns if isinstance(a, ir.Assign) and _is_float_sum(a, stride_of[id(a.dst)])]
+        order = _reduction_order(shape, [stride_of[id(a.dst)] for a in sums])
+        shape = [shape[d] for d in order]
+        strides = [[st[d] for d in order] for st in strides]
+        stride_of = {id(v): st for v, st in zip(views, strides)}
+        sums = [a for a in sums if stride_of[id(a.dst)][-1] == 0]
         names = [f"i{d}" for d in range(len(shape))]
         index = {}
         for v, st in zip(views, strides):
@@ -204,7 +213,18 @@ class Renderer:
                 elif s:
                     terms.append(f"{name} * {s}")
             index[id(v)] = " + ".join(terms) or "0"
-        for name, n in zip(names, shape):
+        # A sum (an accumulation into a view with stride 0 over trailing loops)
+        # adds into a double held across those loops, then once into memory:
+        # float32 running sums drift by n * 6e-8 (see reduce_sum in kernels.h).
+        acc_names, acc_level = {}, {}
+        for a in sums:
+            st = stride_of[id(a.dst)]
+            acc_level[id(a)] = next(d for d in range(len(st)) if all(x == 0 for x in st[d:]))
+            acc_names[id(a)] = f"acc{len(acc_names)}"
+        for d, (name, n) in enumerate(zip(names, shape)):
+            for a in sums:
+                if acc_level[id(a)] == d:
+                    self.line(f"double {acc_names[id(a)]} = 0.0;")
             self.line(f"for (long {name} = 0; {name} < {n}; ++{name}) {{")
             self.indent += 1
         if not shape:
@@ -213,13 +233,46 @@ class Renderer:
         for a in m.assigns:
             if isinstance(a, ir.Let):
                 self.line(f"const auto {a.name} = {self.expr(a.expr, index)};")
+            elif id(a) in acc_names:
+                self.line(f"{acc_names[id(a)]} += {self.expr(a.expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
                 self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
-        for _ in range(max(len(shape), 1)):
+        for d in reversed(range(max(len(shape), 1))):
             self.indent -= 1
             self.line("}")
+            for a in sums:
+                if acc_level[id(a)] == d:
+                    self.line(f"{self.load(a.dst, index)} += static_cast<float>({acc_names[id(a)]});")
 
+
+def _is_float_sum(a, dst_strides) -> bool:
+    """An accumulation of floats into one element over a loop (stride 0)."""
+    return a.accumulate and a.dst.var.dtype == "float32" and any(s == 0 for s in dst_strides)
+
+
+# Sums over fewer loop iterations than this may stay in their loop's order
+# with float32 running sums (error below 64 * 6e-8); longer ones get their
+# loops reordered so that they can be held in a double.
+SHORT_SUM = 64
+
+
+def _reduction_order(shape, sum_strides) -> list[int]:
+    """Loop order that puts each sum's stride-0 loops innermost: the given
+    order when it already does, or when the sums are short; else (one kind
+    of sum) its reduced loops move inside, keeping their relative order."""
+    order = list(range(len(shape)))
+    if not sum_strides:
+        return order
+    zero_sets = {tuple(d for d, s in enumerate(st) if s == 0) for st in sum_strides}
+    if all(z == tuple(range(len(shape) - len(z), len(shape))) for z in zero_sets):
+        return order
+    if len(zero_sets) != 1:
+        return order
+    reduced = zero_sets.pop()
+    if prod(shape[d] for d in reduced) < SHORT_SUM:
+        return order
+    return [d for d in order if d not in reduced] + list(reduced)
 
 def _views(m: ir.Map) -> list[ir.View]:
     return m.views()

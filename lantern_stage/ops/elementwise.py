@@ -85,8 +85,8 @@ maximum = binary("maximum", "lt::max_f({a}, {b})", "({a} > {b} ? {g} : {a} == {b
                  "({b} > {a} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)")
 minimum = binary("minimum", "lt::min_f({a}, {b})", "({a} < {b} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)",
                  "({b} < {a} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)")
-floordiv = binary("floordiv", "lt::floordiv({a}, {b})", None, None)
-mod = binary("mod", "lt::mod({a}, {b})", None, None)
+floordiv = binary("floordiv", "lt::floordiv({a}, {b}, {where})", None, None)
+mod = binary("mod", "lt::mod({a}, {b}, {where})", None, None)
 
 less = binary("less", "{a} < {b}", None, None, result=_compare_type)
 less_equal = binary("less_equal", "{a} <= {b}", None, None, result=_compare_type)
