@@ -80,11 +80,12 @@ add = binary("add", "{a} + {b}", "{g}", "{g}")
 sub = binary("sub", "{a} - {b}", "{g}", "-{g}")
 mul = binary("mul", "{a} * {b}", "{g} * {b}", "{g} * {a}")
 div = binary("div", "(float)({a}) / (float)({b})", "{g} / {b}", "-{g} * {y} / {b}", result=_float_result)
-# At a tie each side gets half the gradient, as in PyTorch (and central differences).
-maximum = binary("maximum", "lt::max_f({a}, {b})", "({a} > {b} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)",
-                 "({b} > {a} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)")
-minimum = binary("minimum", "lt::min_f({a}, {b})", "({a} < {b} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)",
-                 "({b} < {a} ? {g} : {a} == {b} ? 0.5f * {g} : 0.0f)")
+# At a tie each side gets half the gradient, as in PyTorch (and central differences);
+# at a NaN (the result is NaN) both sides get all of it, as in PyTorch.
+maximum = binary("maximum", "lt::max_f({a}, {b})", "({a} < {b} ? 0.0f : {a} == {b} ? 0.5f * {g} : {g})",
+                 "({b} < {a} ? 0.0f : {a} == {b} ? 0.5f * {g} : {g})")
+minimum = binary("minimum", "lt::min_f({a}, {b})", "({a} > {b} ? 0.0f : {a} == {b} ? 0.5f * {g} : {g})",
+                 "({b} > {a} ? 0.0f : {a} == {b} ? 0.5f * {g} : {g})")
 floordiv = binary("floordiv", "lt::floordiv({a}, {b}, {where})", None, None)
 mod = binary("mod", "lt::mod({a}, {b}, {where})", None, None)
 
@@ -105,7 +106,7 @@ tanh = elementwise("tanh", "lt::tanh_f({x})", "{g} * (1.0f - {y} * {y})")
 # A fused kernel rather than 1/(1+exp(-x)) over primitives: one pass, and its
 # derivative y*(1-y) needs no extra buffers.
 sigmoid = elementwise("sigmoid", "lt::sigmoid_f({x})", "{g} * {y} * (1.0f - {y})")
-relu = elementwise("relu", "lt::max_f({x}, 0.0f)", "({x} > 0.0f ? {g} : 0.0f)")
+relu = elementwise("relu", "lt::max_f({x}, 0.0f)", "({x} <= 0.0f ? 0.0f : {g})")  # NaN: g, as PyTorch
 abs_ = elementwise("abs", "lt::abs_f({x})", "({x} > 0.0f ? {g} : ({x} < 0.0f ? -{g} : 0.0f))")
 
 
