@@ -158,15 +158,16 @@ N_ONES, N_TENTHS, N_MSE, ROWS = 2**25, 10**7, 10**6, 2**20
 
 @lt.compile
 def long_reductions(ones: lt.Tensor[N_ONES], tenths: lt.Tensor[N_TENTHS], a: lt.Tensor[N_MSE],
-                    b: lt.Tensor[N_MSE], m: lt.Tensor[ROWS, 4], w: lt.Tensor[()], v: lt.Tensor[4]):
-    # reduction-shaped backward: a broadcast scalar and a broadcast row
-    def loss(w, v):
-        return lt.sum(a * w) + lt.sum(m * v)
+                    b: lt.Tensor[N_MSE], m: lt.Tensor[ROWS, 4], w: lt.Tensor[()], v: lt.Tensor[4],
+                    k: lt.Tensor[2**14, 3, 16], u: lt.Tensor[3, 1]):
+    # reduction-shaped backward: a broadcast scalar, row, and middle axis
+    def loss(w, v, u):
+        return lt.sum(a * w) + lt.sum(m * v) + lt.sum(k * u)
 
-    value, (dw, dv) = lt.value_and_grad(loss, argnums=(0, 1))(w, v)
+    value, (dw, dv, du) = lt.value_and_grad(loss, argnums=(0, 1, 2))(w, v, u)
     logits = lt.reshape(a, (1, N_MSE))
     return (lt.sum(ones), lt.mean(ones), lt.sum(tenths), lt.mse_loss(a, b), lt.sum(m, axis=0),
-            value, dw, dv, lt.log_softmax(logits)[0, :8], lt.cross_entropy(lt.reshape(a, (N_MSE // 2, 2)),
+            value, dw, dv, du, lt.log_softmax(logits)[0, :8], lt.cross_entropy(lt.reshape(a, (N_MSE // 2, 2)),
                                                                          lt.zeros(N_MSE // 2, dtype="int32")))
 
 
@@ -176,7 +177,8 @@ def reductions():
     ins = dict(ones=np.ones(N_ONES, np.float32), tenths=np.full(N_TENTHS, 0.1, np.float32),
                a=rng.standard_normal(N_MSE).astype(np.float32) + 0.5, b=rng.standard_normal(N_MSE).astype(np.float32),
                m=(rng.random((ROWS, 4)) + 0.1).astype(np.float32), w=np.float32(0.75),
-               v=np.array([1, -1, 0.5, 2], np.float32))
+               v=np.array([1, -1, 0.5, 2], np.float32), k=rng.random((2**14, 3, 16)).astype(np.float32),
+               u=np.array([[1], [2], [-1]], np.float32))
     return ins, long_reductions(**ins)
 
 
@@ -197,10 +199,11 @@ def test_sums_and_means_of_millions_of_elements_match_float64(reductions):
 def test_reduction_shaped_gradients_match_float64(reductions):
     ins, out = reductions
     f64 = {k: np.asarray(x, np.float64) for k, x in ins.items()}
-    value, dw, dv = out[5:8]
-    close64(value, (f64["a"] * f64["w"]).sum() + (f64["m"] * f64["v"]).sum(), "loss")
+    value, dw, dv, du = out[5:9]
+    close64(value, (f64["a"] * f64["w"]).sum() + (f64["m"] * f64["v"]).sum() + (f64["k"] * f64["u"]).sum(), "loss")
     close64(dw, f64["a"].sum(), "gradient of a scalar broadcast over 1e6 elements")
     close64(dv, f64["m"].sum(axis=0), "gradient of a row broadcast over 2**20 rows")
+    close64(du, f64["k"].sum(axis=(0, 2))[:, None], "gradient of a column broadcast over axes 0 and 2")
 
 
 def test_softmax_family_over_a_million_classes_matches_float64(reductions):
@@ -208,11 +211,11 @@ def test_softmax_family_over_a_million_classes_matches_float64(reductions):
     a = np.asarray(ins["a"], np.float64)
     m = a.max()
     logp = a - m - np.log(np.exp(a - m).sum())
-    close64(out[8], logp[:8], "log_softmax over 1e6 logits")
+    close64(out[9], logp[:8], "log_softmax over 1e6 logits")
     pairs = a.reshape(-1, 2)
     pm = pairs.max(axis=1, keepdims=True)
     lp = pairs - pm - np.log(np.exp(pairs - pm).sum(axis=1, keepdims=True))
-    close64(out[9], -lp[:, 0].mean(), "cross_entropy mean over 5e5 rows")
+    close64(out[10], -lp[:, 0].mean(), "cross_entropy mean over 5e5 rows")
 
 
 # ====================================================================== 9: NaN through relu, maximum, minimum
