@@ -265,7 +265,7 @@ class Rep:
 
     def __index__(self):
         self._no_value(
-            "range(), a list index or a shape (a Python int)",
+            "range(), a slice bound, a list index or a shape (a Python int)",
             "loop with lt.fori_loop(lower, upper, body, init) or lt.while_loop, index tensors "
             "with it directly (x[i]), or " + _RETURN_IT,
         )

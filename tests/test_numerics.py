@@ -167,7 +167,7 @@ def long_reductions(ones: lt.Tensor[N_ONES], tenths: lt.Tensor[N_TENTHS], a: lt.
     value, (dw, dv, du) = lt.value_and_grad(loss, argnums=(0, 1, 2))(w, v, u)
     logits = lt.reshape(a, (1, N_MSE))
     return (lt.sum(ones), lt.mean(ones), lt.sum(tenths), lt.mse_loss(a, b), lt.sum(m, axis=0),
-            value, dw, dv, du, lt.log_softmax(logits)[0, :8], lt.cross_entropy(lt.reshape(a, (N_MSE // 2, 2)),
+            value, dw, dv, du, a @ a, lt.log_softmax(logits)[0, :8], lt.cross_entropy(lt.reshape(a, (N_MSE // 2, 2)),
                                                                          lt.zeros(N_MSE // 2, dtype="int32")))
 
 
@@ -194,6 +194,7 @@ def test_sums_and_means_of_millions_of_elements_match_float64(reductions):
     close64(out[2], f64["tenths"].sum(), "sum of 1e7 x 0.1")
     close64(out[3], np.mean((f64["a"] - f64["b"]) ** 2), "mse_loss over 1e6 elements")
     close64(out[4], f64["m"].sum(axis=0), "column sums over 2**20 rows")
+    close64(out[9], f64["a"] @ f64["a"], "1-D @ 1-D over 1e6 elements")
 
 
 def test_reduction_shaped_gradients_match_float64(reductions):
@@ -211,11 +212,11 @@ def test_softmax_family_over_a_million_classes_matches_float64(reductions):
     a = np.asarray(ins["a"], np.float64)
     m = a.max()
     logp = a - m - np.log(np.exp(a - m).sum())
-    close64(out[9], logp[:8], "log_softmax over 1e6 logits")
+    close64(out[10], logp[:8], "log_softmax over 1e6 logits")
     pairs = a.reshape(-1, 2)
     pm = pairs.max(axis=1, keepdims=True)
     lp = pairs - pm - np.log(np.exp(pairs - pm).sum(axis=1, keepdims=True))
-    close64(out[10], -lp[:, 0].mean(), "cross_entropy mean over 5e5 rows")
+    close64(out[11], -lp[:, 0].mean(), "cross_entropy mean over 5e5 rows")
 
 
 # ====================================================================== 9: NaN through relu, maximum, minimum

@@ -238,7 +238,7 @@ class Emitter:
         if kind in INT32_KERNELS:
             for v in list(outs) + list(ins):
                 if isinstance(v.type, TensorType) and v.size > INT32_MAX:
-                    raise staging_error(f"{self.note.partition(' ')[0]}: {v.type} has {v.size} elements; the {kind} "
+                    raise staging_error(f"{self.note.removeprefix('d ').partition(' ')[0]}: {v.type} has {v.size} elements; the {kind} "
                                         f"kernel (BLAS / convolution) indexes with int32, at most {INT32_MAX}")
         # A kernel writes memory; a 0-d int/bool result is held by value, so
         # the kernel writes a one-element buffer that is then read into it.
