@@ -235,16 +235,31 @@ class Renderer:
         if not shape:
             self.line("{")
             self.indent += 1
+        loaded = 0
         for a in m.assigns:
+            expr = a.expr
+            if _has_select(expr):
+                # Loads under `c ? x : y` become loads before it: g++ 12 -O3
+                # -march=znver3 vectorises a conditional load into masked loads
+                # and gives the second unrolled one the first one's mask (wrong
+                # gradients of relu; found by tests/test_core.py's MLP).  Every
+                # view of a loop is in bounds, so loading first is the same.
+                hoisted = {}
+                for v in ir.expr_loads(expr):
+                    if v.var.storage == "buf" and id(v) not in hoisted:
+                        hoisted[id(v)] = f"l{loaded}"
+                        loaded += 1
+                        self.line(f"const auto {hoisted[id(v)]} = {self.load(v, index)};")
+                expr = _hoist_loads(expr, hoisted)
             if isinstance(a, ir.Let):
-                self.line(f"const auto {a.name} = {self.expr(a.expr, index)};")
+                self.line(f"const auto {a.name} = {self.expr(expr, index)};")
             elif id(a) in accs:
                 acc, _, row = accs[id(a)]
                 target = acc if row is None else f"{acc}[{names[-1]}]"
-                self.line(f"{target} += {self.expr(a.expr, index)};")
+                self.line(f"{target} += {self.expr(expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
-                self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
+                self.line(f"{self.load(a.dst, index)} {op} {self.expr(expr, index)};")
         for d in reversed(range(max(len(shape), 1))):
             self.indent -= 1
             self.line("}")
@@ -258,6 +273,18 @@ class Renderer:
                     last = names[-1]
                     self.line(f"for (long {last} = 0; {last} < {row}; ++{last}) "
                               f"{self.load(a.dst, index)} += static_cast<float>({acc}[{last}]);")
+
+
+def _has_select(e: ir.Expr) -> bool:
+    return e[0] == "fmt" and ("?" in e[1] or any(_has_select(x) for x in e[2]))
+
+
+def _hoist_loads(e: ir.Expr, names: dict) -> ir.Expr:
+    if e[0] == "load" and id(e[1]) in names:
+        return ("local", names[id(e[1])])
+    if e[0] == "fmt":
+        return ("fmt", e[1], [_hoist_loads(x, names) for x in e[2]])
+    return e
 
 
 def _is_float_sum(a, dst_strides) -> bool:
