@@ -92,13 +92,20 @@ class CharData:
 
 
 def load_text(path: Optional[PathLike] = None) -> CharData:
-    """graham.txt (default ``<data>/text/graham.txt``), or 1135 seeded random lowercase chars."""
+    """graham.txt (default ``<data>/text/graham.txt``), or 1135 seeded lowercase
+    chars from a Markov chain in which each letter has a few likely successors:
+    text with structure a char-RNN can learn, as it can learn English (uniform
+    random letters could not be learnt below the loss of a random model)."""
     path = Path(path) if path is not None else data_dir() / "text" / "graham.txt"
     if path.is_file():
         return CharData(path.read_text(), f"file:{path}")   # not stripped: the final newline is the 26th symbol
+    rng = _rng(1)
     letters = np.array(list("abcdefghijklmnopqrstuvwxyz"))
-    text = "".join(_rng(1).choice(letters, size=TEXT_LEN))
-    return CharData(text, "generated")
+    transitions = rng.dirichlet(np.full(len(letters), 0.1), size=len(letters))
+    codes = [int(rng.integers(len(letters)))]
+    for _ in range(TEXT_LEN - 1):
+        codes.append(int(rng.choice(len(letters), p=transitions[codes[-1]])))
+    return CharData("".join(letters[codes]), "generated")
 
 
 # ----------------------------------------------------------------------------- images

@@ -2,24 +2,30 @@
 PyTorch twins (benchmarks/frameworks/torch_models): same initial weights
 (benchmarks/weights), same data, dropout off.
 
-What float32 allows.  The Adagrad models are ill-conditioned in float32 at
-the paper's settings, in PyTorch itself: Adagrad's first updates are
-lr * g / (|g| + 1e-10) per weight, so a weight whose gradient is tiny and
-carries ~1% round-off moves by a visibly different amount, and the vanilla
-RNN at lr 0.1 then amplifies any difference about tenfold per step.  Measured
-against a float64 PyTorch twin, float32 PyTorch's own RNN losses drift past
-1e-4 after 6 steps and its weights are off by ~50% after 20; a hand-written
-PyTorch LSTM cell (same math, other op order) differs from nn.LSTMCell by
-7e-4 in the weights after 20 steps.  So:
+The reference is PyTorch in float64; float32 PyTorch runs beside it to measure
+how far float32 round-off alone carries a trajectory on this CPU.  A parity
+test must hold on any CPU (AVX2 or AVX-512, any BLAS kernel), so no tolerance
+here is a fixed count of steps or a fixed distance from float32 PyTorch:
 
-* at the paper's settings, the losses agree to 1e-4 for every step on which
-  float32 PyTorch agrees with float64 PyTorch to 1e-5 (all 20 for lstm, cnn
-  and treelstm; the first 6 for rnn), and the weights as closely as a
-  different float32 op order allows;
-* with Adagrad's learning rate divided by 10 (a captured array: the very
-  same compiled step), where float32 is well-conditioned, the first 20
-  losses and the weights after 20 steps agree to 1e-4, as they do for the
-  CNN (SGD) at the paper's settings.
+* The Adagrad models are ill-conditioned in float32 at the paper's settings:
+  the first updates are lr * g / (|g| + 1e-10), so a weight whose true gradient
+  is ~0 moves by a full lr on round-off alone, and the vanilla RNN at lr 0.1
+  then amplifies any difference about tenfold per step.  On such a chaotic
+  trajectory a correct float32 implementation is as far from float64 as
+  float32 PyTorch is, up to the constant factor by which two float32 op orders
+  differ in their first round-off, and up to a step or two of amplification.
+  That factor is not small: lantern_stage's vectorised exp/tanh/sigmoid carry
+  up to ~4 float32 ulps of error (libm: 1) and its sums run in another order;
+  measured ratios reach 15 (LSTM, paper settings) across AVX2 and x86-64-v2
+  builds and two OpenBLAS kernels, against 1e3 and more for a wrong rule.
+  So at step t lantern_stage may be `RATIO` times float32 PyTorch's largest
+  distance from float64 up to step t + 2 (`LOOKAHEAD`), and never needs to be
+  closer than `LOSS_FLOOR` (~30 float32 ulps of the loss: a step's worth of
+  float32 sums).  The same for the weights after 20 steps, with `WEIGHT_FLOOR`.
+* "It learns" is judged on fixed batches: the float64 twin, loaded with
+  lantern_stage's weights before and after the 20 steps, evaluates the first
+  5 training batches.  Per-step training losses of different batches (trees
+  of different sizes) are not comparable.
 """
 from __future__ import annotations
 
@@ -76,9 +82,9 @@ def train_side_by_side(model, lr=None, float64=False):
     """STEPS steps of lantern and the PyTorch twin (and a float64 twin) on the
     same batches: (losses [lantern, torch(, torch64)], weights likewise)."""
     cfg, batches, trainer = lantern_trainer(model)
-    if lr is not None:
-        trainer.train_step.optimizer.lr = lr
-        cfg = dataclasses.replace(cfg, lr=lr)
+    lr = cfg.lr if lr is None else lr  # set either way: the step is shared across tests
+    trainer.train_step.optimizer.lr = lr
+    cfg = dataclasses.replace(cfg, lr=lr)
     weights = init_weights(cfg)
     twins = [TorchTrainer(model, from_weights(model, weights, cfg), cfg)]
     if float64:
@@ -98,29 +104,59 @@ def rel(a, b):
     return np.abs(a - b) / np.abs(b)
 
 
-@pytest.mark.parametrize("model", MODELS)
-def test_losses_match_pytorch_at_the_paper_settings(model):
-    (ours, theirs, exact), (w_ours, w_theirs, _) = train_side_by_side(model, float64=True)
-    # The steps on which the float32 question is well posed: float32 PyTorch
-    # agrees with float64 PyTorch to 1e-5.
-    posed = int(np.argmax(np.append(rel(theirs, exact) > 1e-5, True)))
-    assert posed >= (6 if model == "rnn" else STEPS), rel(theirs, exact)
-    np.testing.assert_allclose(ours[:posed], theirs[:posed], rtol=1e-4)
-    assert ours[-5:].mean() < ours[:5].mean()  # and it learns
-    if model == "cnn":
-        assert max_rel_diff(w_ours, w_theirs) < 1e-4
-    elif model != "rnn":  # see the module docstring: a different float32 op order
-        assert max_rel_diff(w_ours, w_theirs) < 1e-2
+RATIO = 100.0
+LOOKAHEAD = 2
+LOSS_FLOOR = 2e-6
+WEIGHT_FLOOR = 1e-5
+
+
+def assert_losses_within_float32_noise(ours, theirs, exact):
+    """Each of our losses within RATIO x float32 PyTorch's distance from
+    float64 (its running maximum, LOOKAHEAD steps ahead), or LOSS_FLOOR."""
+    ours_err, f32_err = rel(ours, exact), rel(theirs, exact)
+    envelope = np.array([f32_err[: t + 1 + LOOKAHEAD].max() for t in range(len(f32_err))])
+    allowed = np.maximum(LOSS_FLOOR, RATIO * envelope)
+    bad = np.flatnonzero(ours_err > allowed)
+    assert bad.size == 0, (
+        f"steps {bad.tolist()}: lantern vs float64 {ours_err[bad]} > allowed {allowed[bad]} "
+        f"(float32 PyTorch vs float64: {f32_err})")
+
+
+def assert_weights_within_float32_noise(w_ours, w_theirs, w_exact):
+    ours, f32 = max_rel_diff(w_ours, w_exact), max_rel_diff(w_theirs, w_exact)
+    assert set(w_ours) == set(w_exact)
+    assert ours <= max(WEIGHT_FLOOR, RATIO * f32), (ours, f32)
+
+
+def fixed_batch_loss(model, cfg, weights, batches):
+    """The float64 twin's mean loss on the first 5 training batches with `weights`."""
+    twin = TorchTrainer(model, from_weights(model, weights, cfg).double(), cfg)
+    it = batches()
+    return float(np.mean([twin.loss(to64(twin.prepare(next(it)))) for _ in range(5)]))
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_first_20_losses_and_weights_match_pytorch(model):
+def test_losses_match_float64_at_the_paper_settings(model):
+    cfg, batches, _ = lantern_trainer(model)
+    (ours, theirs, exact), (w_ours, w_theirs, w_exact) = train_side_by_side(model, float64=True)
+    assert rel(ours[:1], exact[:1])[0] < LOSS_FLOOR  # the first step is well posed everywhere
+    assert_losses_within_float32_noise(ours, theirs, exact)
+    assert_weights_within_float32_noise(w_ours, w_theirs, w_exact)
+    # It learns: the same 5 batches score lower with the trained weights.
+    assert fixed_batch_loss(model, cfg, w_ours, batches) < fixed_batch_loss(model, cfg, init_weights(cfg), batches)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_first_20_losses_and_weights_match_float64(model):
+    """Adagrad's learning rate divided by 10 (a captured array: the very same
+    compiled step), where float32 is well-conditioned; the CNN (SGD) at the
+    paper's settings."""
     cfg, _, _ = lantern_trainer(model)
     lr = cfg.lr / 10 if cfg.optimizer == "adagrad" else None
-    (ours, theirs), (w_ours, w_theirs) = train_side_by_side(model, lr=lr)
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4)
-    assert max_rel_diff(w_ours, w_theirs) < 1e-4
-    assert set(w_ours) == set(w_theirs)
+    (ours, theirs, exact), (w_ours, w_theirs, w_exact) = train_side_by_side(model, lr=lr, float64=True)
+    np.testing.assert_allclose(ours, exact, rtol=1e-5)
+    assert_losses_within_float32_noise(ours, theirs, exact)
+    assert_weights_within_float32_noise(w_ours, w_theirs, w_exact)
 
 
 # ---------------------------------------------------------------- checkpoints

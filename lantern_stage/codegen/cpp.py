@@ -68,6 +68,7 @@ class Renderer:
         self.roots = roots  # alias var id -> root var id
         self.params = params  # ids of continuation and function parameters
         self.rename: dict = {}  # var id -> parameter name, inside a loop function
+        self.hoisted: dict = {}  # load text -> the local it was read into, inside one loop body
 
     def line(self, text: str) -> None:
         self.lines.append("  " * self.indent + text)
@@ -162,7 +163,8 @@ class Renderer:
             return name
         if var.storage == "const":
             return str(var.value)
-        return f"{name}[{index.get(id(view), view.offset)}]"
+        text = f"{name}[{index.get(id(view), view.offset)}]"
+        return self.hoisted.get(text, text)
 
     # ------------------------------------------------------------ loops
     def map(self, m: ir.Map) -> None:
@@ -235,31 +237,18 @@ class Renderer:
         if not shape:
             self.line("{")
             self.indent += 1
-        loaded = 0
+        self._hoist_conditional_loads(m, index)
         for a in m.assigns:
-            expr = a.expr
-            if _has_select(expr):
-                # Loads under `c ? x : y` become loads before it: g++ 12 -O3
-                # -march=znver3 vectorises a conditional load into masked loads
-                # and gives the second unrolled one the first one's mask (wrong
-                # gradients of relu; found by tests/test_core.py's MLP).  Every
-                # view of a loop is in bounds, so loading first is the same.
-                hoisted = {}
-                for v in ir.expr_loads(expr):
-                    if v.var.storage == "buf" and id(v) not in hoisted:
-                        hoisted[id(v)] = f"l{loaded}"
-                        loaded += 1
-                        self.line(f"const auto {hoisted[id(v)]} = {self.load(v, index)};")
-                expr = _hoist_loads(expr, hoisted)
             if isinstance(a, ir.Let):
-                self.line(f"const auto {a.name} = {self.expr(expr, index)};")
+                self.line(f"const auto {a.name} = {self.expr(a.expr, index)};")
             elif id(a) in accs:
                 acc, _, row = accs[id(a)]
                 target = acc if row is None else f"{acc}[{names[-1]}]"
-                self.line(f"{target} += {self.expr(expr, index)};")
+                self.line(f"{target} += {self.expr(a.expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
-                self.line(f"{self.load(a.dst, index)} {op} {self.expr(expr, index)};")
+                self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
+        self.hoisted = {}
         for d in reversed(range(max(len(shape), 1))):
             self.indent -= 1
             self.line("}")
@@ -274,17 +263,28 @@ class Renderer:
                     self.line(f"for (long {last} = 0; {last} < {row}; ++{last}) "
                               f"{self.load(a.dst, index)} += static_cast<float>({acc}[{last}]);")
 
-
-def _has_select(e: ir.Expr) -> bool:
-    return e[0] == "fmt" and ("?" in e[1] or any(_has_select(x) for x in e[2]))
-
-
-def _hoist_loads(e: ir.Expr, names: dict) -> ir.Expr:
-    if e[0] == "load" and id(e[1]) in names:
-        return ("local", names[id(e[1])])
-    if e[0] == "fmt":
-        return ("fmt", e[1], [_hoist_loads(x, names) for x in e[2]])
-    return e
+    def _hoist_conditional_loads(self, m: ir.Map, index: dict) -> None:
+        """Read the operands of `c ? a : b` into locals first, so that every
+        load is unconditional.  A conditional load becomes a masked vector
+        load (vmaskmovps), and g++ 12.2 at -O3 with AVX miscompiles such a
+        loop when it also accumulates into a broadcast operand
+        (`p2[i] = x[i] > 0 ? g[i] : 0; p3[i1] += ...`: wrong sums, measured
+        on znver3).  Only buffers this map does not write are hoisted, so an
+        operand written earlier in the same iteration is still read after."""
+        written = {id(a.dst.var) for a in m.assigns if isinstance(a, ir.Assign)}
+        loads = {}
+        stack = [(a.expr, False) for a in m.assigns]
+        while stack:
+            e, conditional = stack.pop()
+            if e[0] == "load":
+                v = e[1]
+                if conditional and v.var.storage == "buf" and id(v.var) not in written:
+                    loads.setdefault(self.load(v, index), v)
+            elif e[0] == "fmt":
+                stack.extend((x, conditional or "?" in e[1]) for x in e[2])
+        for k, text in enumerate(sorted(loads)):
+            self.line(f"const {CPP_TYPE[loads[text].var.dtype]} r{k} = {text};")
+            self.hoisted[text] = f"r{k}"
 
 
 def _is_float_sum(a, dst_strides) -> bool:
