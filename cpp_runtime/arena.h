@@ -38,8 +38,12 @@ class Arena {
 
   template <class T>
   T* alloc(std::size_t count) {
+    // Staging rejects byte counts past 2^63; checked here too, so that a
+    // wrapped count * sizeof(T) can never make a small allocation.
+    if (count > (SIZE_MAX - kAlign) / sizeof(T))
+      fail("arena exhausted: %zu elements of %zu bytes do not fit in a 64-bit byte count", count, sizeof(T));
     std::size_t bytes = round_up(count * sizeof(T));
-    if (top_ + bytes > capacity_)
+    if (bytes > capacity_ - top_)
       fail("arena exhausted: need %zu more bytes, %zu of %zu in use "
            "(raise arena_bytes= when compiling)",
            bytes, top_, capacity_);

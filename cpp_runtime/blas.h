@@ -53,9 +53,10 @@ inline void ger(int M, int N, const float* x, const float* y, float* A) {
   scipy_cblas_sger(CblasRowMajor, M, N, 1.0f, x, 1, y, 1, A, N);
 }
 
+// Accumulated in double (dsdot), as every other sum (see reduce_sum in kernels.h).
 inline void dot(int N, const float* a, const float* b, float* out, bool accumulate) {
-  float s = scipy_cblas_sdot(N, a, 1, b, 1);
-  *out = accumulate ? *out + s : s;
+  double s = scipy_cblas_dsdot(N, a, 1, b, 1);
+  *out = accumulate ? float(*out + s) : float(s);
 }
 
 // Rows a_r (length M) and b_r (length N) of outer products a_r b_r^T whose

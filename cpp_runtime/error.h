@@ -20,6 +20,18 @@ class IndexError : public Error {
   using Error::Error;
 };
 
+// Integer division by zero and int32 overflow: ZeroDivisionError and
+// OverflowError in Python.
+class ZeroDivisionError : public Error {
+ public:
+  using Error::Error;
+};
+
+class OverflowError : public Error {
+ public:
+  using Error::Error;
+};
+
 inline std::string format(const char* fmt, va_list args) {
   char buf[512];
   std::vsnprintf(buf, sizeof buf, fmt, args);
@@ -40,6 +52,15 @@ inline std::string format(const char* fmt, va_list args) {
   std::string msg = format(fmt, args);
   va_end(args);
   throw IndexError(msg);
+}
+
+template <class E>
+[[noreturn]] inline void fail_kind(const char* fmt, ...) {
+  va_list args;
+  va_start(args, fmt);
+  std::string msg = format(fmt, args);
+  va_end(args);
+  throw E(msg);
 }
 
 // Bounds check for a staged index read; `what` names the user-level operation.

@@ -4,21 +4,62 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "error.h"
 #include "math.h"
 
 namespace lt {
 
+// Float sums accumulate in double: float32 running sums lose every addend
+// once the sum is 2^24 times larger (sum of 2^25 ones = 2^24), and drift by
+// n * 6e-8 before that.  A double sum of n < 2^29 float32 terms is within
+// 2e-9 relative of the exact one, so the float result is the exact sum
+// rounded once.  `lane_sum` keeps 8 independent partial sums, which g++
+// vectorises (and which hides the add latency); columns are summed in
+// tiles of double accumulators, still one pass over x in memory order.
+template <class F>
+inline double lane_sum(long n, F&& term) {
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  long i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += term(i + k);
+  double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  for (; i < n; ++i) s += term(i);
+  return s;
+}
+
 // U may be wider than T: a bool mask sums (or maxes) to int32.
 template <class T, class U>
 inline void reduce_sum(const T* x, U* out, long outer, long n, long inner) {
-  for (long o = 0; o < outer; ++o) {
-    U* dst = out + o * inner;
-    const T* src = x + o * n * inner;
-    for (long j = 0; j < inner; ++j) dst[j] = U(0);
-    for (long i = 0; i < n; ++i)
-      for (long j = 0; j < inner; ++j) dst[j] += src[i * inner + j];
+  if constexpr (std::is_floating_point_v<U>) {
+    constexpr long kTile = 256;
+    for (long o = 0; o < outer; ++o) {
+      U* dst = out + o * inner;
+      const T* src = x + o * n * inner;
+      if (inner == 1) {
+        dst[0] = U(lane_sum(n, [src](long i) { return double(src[i]); }));
+        continue;
+      }
+      for (long j0 = 0; j0 < inner; j0 += kTile) {
+        const long w = inner - j0 < kTile ? inner - j0 : kTile;
+        double acc[kTile];
+        for (long j = 0; j < w; ++j) acc[j] = 0.0;
+        for (long i = 0; i < n; ++i) {
+          const T* row = src + i * inner + j0;
+          for (long j = 0; j < w; ++j) acc[j] += double(row[j]);
+        }
+        for (long j = 0; j < w; ++j) dst[j0 + j] = U(acc[j]);
+      }
+    }
+  } else {
+    for (long o = 0; o < outer; ++o) {
+      U* dst = out + o * inner;
+      const T* src = x + o * n * inner;
+      for (long j = 0; j < inner; ++j) dst[j] = U(0);
+      for (long i = 0; i < n; ++i)
+        for (long j = 0; j < inner; ++j) dst[j] += src[i * inner + j];
+    }
   }
 }
 
@@ -72,7 +113,10 @@ inline void reduce_argmax(const T* x, int32_t* out, long outer, long n, long inn
     }
 }
 
-// y = softmax(x) or log_softmax(x) along the middle axis.
+// y = softmax(x) or log_softmax(x) along the middle axis.  The sums are in
+// double (see reduce_sum); log_softmax is (x - max) - log(sum), so rounding
+// max + log(sum) first cannot swamp the result (at logits of 1e4 that lost
+// 4 digits).
 template <bool Log>
 inline void softmax_any(const float* x, float* y, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o)
@@ -81,13 +125,12 @@ inline void softmax_any(const float* x, float* y, long outer, long n, long inner
       float* dst = y + o * n * inner + j;
       float m = src[0];
       for (long i = 1; i < n; ++i) m = max_f(m, src[i * inner]);
-      float s = 0.0f;
-      for (long i = 0; i < n; ++i) s += exp_f(src[i * inner] - m);
+      double s = lane_sum(n, [src, inner, m](long i) { return double(exp_f(src[i * inner] - m)); });
       if (Log) {
-        float lse = m + log_f(s);
-        for (long i = 0; i < n; ++i) dst[i * inner] = src[i * inner] - lse;
+        float log_s = float(std::log(s));
+        for (long i = 0; i < n; ++i) dst[i * inner] = (src[i * inner] - m) - log_s;
       } else {
-        float inv = 1.0f / s;
+        float inv = float(1.0 / s);
         for (long i = 0; i < n; ++i) dst[i * inner] = exp_f(src[i * inner] - m) * inv;
       }
     }
@@ -100,9 +143,10 @@ inline void log_softmax(const float* x, float* y, long outer, long n, long inner
 inline void softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
-      long base = o * n * inner + j;
-      float s = 0.0f;
-      for (long i = 0; i < n; ++i) s += dy[base + i * inner] * y[base + i * inner];
+      const long base = o * n * inner + j;
+      const float* yb = y + base;
+      const float* db = dy + base;
+      float s = float(lane_sum(n, [yb, db, inner](long i) { return double(db[i * inner]) * yb[i * inner]; }));
       for (long i = 0; i < n; ++i) dx[base + i * inner] += y[base + i * inner] * (dy[base + i * inner] - s);
     }
 }
@@ -111,18 +155,18 @@ inline void softmax_backward(const float* y, const float* dy, float* dx, long ou
 inline void log_softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
-      long base = o * n * inner + j;
-      float s = 0.0f;
-      for (long i = 0; i < n; ++i) s += dy[base + i * inner];
+      const long base = o * n * inner + j;
+      const float* db = dy + base;
+      float s = float(lane_sum(n, [db, inner](long i) { return double(db[i * inner]); }));
       for (long i = 0; i < n; ++i) dx[base + i * inner] += dy[base + i * inner] - exp_f(y[base + i * inner]) * s;
     }
 }
 
 // out = -scale * sum_n logp[n, target[n]]
 inline void nll(const float* logp, const int32_t* target, float* out, long N, long C, float scale) {
-  float s = 0.0f;
+  double s = 0.0;
   for (long i = 0; i < N; ++i) s += logp[i * C + check_index(target[i], C, "nll_loss target")];
-  *out = -s * scale;
+  *out = float(-s * scale);
 }
 
 inline void nll_backward(const float* dout, const int32_t* target, float* dlogp, long N, long C, float scale) {

@@ -8,11 +8,16 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
+
+#include "error.h"
 
 namespace lt {
 
-inline float max_f(float a, float b) { return a > b ? a : b; }
-inline float min_f(float a, float b) { return a < b ? a : b; }
+// NaN in either argument gives NaN, as numpy's maximum and torch.maximum
+// (and so relu(NaN) = NaN); still a compare and a blend when vectorised.
+inline float max_f(float a, float b) { return (a > b || a != a) ? a : b; }
+inline float min_f(float a, float b) { return (a < b || a != a) ? a : b; }
 inline int32_t max_f(int32_t a, int32_t b) { return a > b ? a : b; }
 inline int32_t min_f(int32_t a, int32_t b) { return a < b ? a : b; }
 inline float abs_f(float x) { return std::fabs(x); }
@@ -21,9 +26,13 @@ inline float pow_f(float x, float e) { return std::pow(x, e); }
 inline float log_f(float x) { return std::log(x); }
 
 // exp(x) = 2^n e^r with |r| <= ln2/2: Cephes' degree-6 polynomial for e^r,
-// 2^n built in the exponent bits.  Saturates to inf above 88.72; NaN stays NaN.
+// 2^n built in the exponent bits as 2^(n/2) 2^(n - n/2), so that n down to
+// -150 (results down to the smallest denormal) needs no exponent below the
+// normal range: the first product is exact and the second rounds once, as
+// std::exp does.  Below -104 the result is 0 (exp(-104) is under half the
+// smallest denormal); above 88.72 inf; NaN stays NaN.
 inline float exp_f(float x) {
-  float xc = x > -87.3365448f ? x : -87.3365448f;
+  float xc = x > -104.0f ? x : -104.0f;
   xc = xc < 88.7228391f ? xc : 88.7228391f;
   float fx = std::floor(xc * 1.44269504088896341f + 0.5f);
   int32_t n = static_cast<int32_t>(fx);
@@ -35,7 +44,8 @@ inline float exp_f(float x) {
   y = y * r + 1.6666665459E-1f;
   y = y * r + 5.0000001201E-1f;
   y = y * (r * r) + r + 1.0f;
-  float e = y * __builtin_bit_cast(float, (n + 127) << 23);
+  int32_t half = n / 2;
+  float e = y * __builtin_bit_cast(float, (half + 127) << 23) * __builtin_bit_cast(float, (n - half + 127) << 23);
   return x != x ? x : e;
 }
 
@@ -108,16 +118,38 @@ inline float log1p_f(float x) {
   return d == 0.0f ? x : std::log(u) * (x / d);
 }
 
-// Python's floor division and modulo (the sign follows the divisor).
-inline int32_t floordiv(int32_t a, int32_t b) {
+// Python's floor division and modulo (the sign follows the divisor).  An
+// integer divisor of 0 raises ZeroDivisionError, and INT32_MIN // -1 (2^31,
+// not an int32) OverflowError, instead of SIGFPE; `where` is "op at
+// file:line" of the user's code.  INT32_MIN % -1 is 0.
+[[noreturn]] inline void fail_int_division(int32_t a, int32_t b, const char* where) {
+  if (b == 0) fail_kind<ZeroDivisionError>("%s: integer division or modulo by zero", where);
+  fail_kind<OverflowError>("%s: %d // %d = 2147483648 overflows int32", where, a, b);
+}
+inline int32_t floordiv(int32_t a, int32_t b, const char* where) {
+  if (b == 0 || (b == -1 && a == INT32_MIN)) fail_int_division(a, b, where);
   int32_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
-inline int32_t mod(int32_t a, int32_t b) {
+inline int32_t mod(int32_t a, int32_t b, const char* where) {
+  if (b == 0) fail_int_division(a, b, where);
+  if (b == -1) return 0;  // also INT32_MIN % -1, which traps in C++
   int32_t r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
-inline float floordiv(float a, float b) { return std::floor(a / b); }
-inline float mod(float a, float b) { return a - std::floor(a / b) * b; }
+// Float (or mixed) operands follow IEEE: x // 0 is +-inf or NaN, as in numpy.
+inline float floordiv(float a, float b, const char*) { return std::floor(a / b); }
+inline float mod(float a, float b, const char*) { return a - std::floor(a / b) * b; }
+// Mixed operands: a float makes the division a float one, a bool an int32.
+template <class A, class B>
+using division_type = std::conditional_t<std::is_same_v<A, float> || std::is_same_v<B, float>, float, int32_t>;
+template <class A, class B>
+inline division_type<A, B> floordiv(A a, B b, const char* where) {
+  return floordiv(division_type<A, B>(a), division_type<A, B>(b), where);
+}
+template <class A, class B>
+inline division_type<A, B> mod(A a, B b, const char* where) {
+  return mod(division_type<A, B>(a), division_type<A, B>(b), where);
+}
 
 }  // namespace lt

@@ -30,7 +30,9 @@ extern "C" {
 // Shared with the cffi cdef in lantern_stage/runtime.py.
 typedef struct {
   int64_t peak_bytes;
-  int32_t kind;  // 0 ok, 1 error, 2 index error, 3 out of memory, 4 recursion too deep, 5 interrupted
+  // 0 ok, 1 error, 2 index error, 3 out of memory, 4 recursion too deep,
+  // 5 interrupted, 6 integer division by zero, 7 int32 overflow
+  int32_t kind;
   char message[512];
 } lt_status;
 }
@@ -157,6 +159,10 @@ class Runtime {
       set(status, 4, e.what());
     } catch (const IndexError& e) {
       set(status, 2, e.what());
+    } catch (const ZeroDivisionError& e) {
+      set(status, 6, e.what());
+    } catch (const OverflowError& e) {
+      set(status, 7, e.what());
     } catch (const std::bad_alloc&) {
       set(status, 3, "out of memory");
     } catch (const std::exception& e) {

@@ -625,6 +625,68 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return y if bias is None else add(y, reshape(bias, spread))
 
 
+# ---------------------------------------------------------------- numpy on staged values
+@functools.cache
+def _numpy_ufuncs():
+    import numpy as np
+
+    return {
+        np.add: add, np.subtract: sub, np.multiply: mul, np.true_divide: div,
+        np.floor_divide: ew.floordiv, np.remainder: ew.mod, np.power: power, np.matmul: matmul,
+        np.negative: neg, np.positive: lambda x: as_rep(x), np.absolute: abs,
+        np.exp: exp, np.log: log, np.sqrt: sqrt, np.tanh: tanh, np.square: lambda x: power(x, 2),
+        np.maximum: maximum, np.minimum: minimum,
+        np.less: ew.less, np.less_equal: ew.less_equal, np.greater: ew.greater,
+        np.greater_equal: ew.greater_equal, np.equal: ew.equal, np.not_equal: ew.not_equal,
+        np.logical_and: ew.logical_and, np.logical_or: ew.logical_or,
+    }
+
+
+# numpy names whose lantern_stage counterpart is called differently.
+_NUMPY_ALTERNATIVES = {
+    "concatenate": "lt.concat", "dot": "lt.matmul (or @)", "tensordot": "lt.matmul (or @)",
+    "amax": "lt.max", "max": "lt.max", "nanmax": "lt.max", "average": "lt.mean", "clip": "lt.minimum / lt.maximum",
+    "vstack": "lt.concat / lt.stack", "hstack": "lt.concat / lt.stack", "add.reduce": "lt.sum",
+    "maximum.reduce": "lt.max", "copy": "the value itself (staged values are immutable)",
+    "fmax": "lt.maximum", "fmin": "lt.minimum", "divide": "lt.div (or /)",
+}
+
+
+def _numpy_alternative(name: str) -> str:
+    if name in _NUMPY_ALTERNATIVES:
+        return _NUMPY_ALTERNATIVES[name]
+    if name in __all__:
+        return f"lt.{name}"
+    return "lt ops"
+
+
+def numpy_function_error(func) -> StagingError:
+    name = getattr(func, "__name__", repr(func))
+    return staging_error(
+        f"np.{name}() of a staged value: numpy cannot compute with values that exist only in the compiled "
+        f"code; use {_numpy_alternative(name)}, or return the value from the compiled function and use "
+        "numpy on the result"
+    )
+
+
+def numpy_ufunc(ufunc, method, inputs, kwargs):
+    """Rep.__array_ufunc__: a ufunc called the plain way, with an lt op of the
+    same meaning, stages that op; anything else is a StagingError."""
+    op = _numpy_ufuncs().get(ufunc)
+    name = ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}"
+    if op is None or method != "__call__":
+        raise staging_error(
+            f"np.{name}() of a staged value: lantern_stage has no such op; use {_numpy_alternative(name)}, "
+            "or return the value from the compiled function and use numpy on the result"
+        )
+    if kwargs:
+        raise staging_error(
+            f"np.{name}() with {', '.join(f'{k}=' for k in kwargs)} of a staged value: staged values are computed "
+            "by the compiled code and never written in place; call it without them"
+        )
+    return op(*inputs)
+
+
 # ---------------------------------------------------------------- Rep operators
 def _install_operators():
     # Ops are callable objects, not functions, so wrap them to bind as methods.
@@ -687,3 +749,7 @@ __all__ = [n for n in dir() if not n.startswith("_") and n not in (
     "annotations", "prod", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape",
     "staging_error", "builtin_sum", "builtin_max", "Rep", "as_rep", "functools", "StagingError",
     "getitem", "shape_full", "shape_mod_resolve", "shape_reshape")]
+
+
+    "staging_error", "builtin_sum", "Rep", "as_rep", "functools", "StagingError",
+    "numpy_ufunc", "numpy_function_error")]

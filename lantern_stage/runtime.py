@@ -35,7 +35,8 @@ class LanternRuntimeError(RuntimeError):
     """An error raised by compiled code."""
 
 
-_ERRORS = {1: LanternRuntimeError, 2: IndexError, 3: ArenaExhausted, 4: RecursionError, 5: KeyboardInterrupt}
+_ERRORS = {1: LanternRuntimeError, 2: IndexError, 3: ArenaExhausted, 4: RecursionError, 5: KeyboardInterrupt,
+           6: ZeroDivisionError, 7: OverflowError}
 INT32_MAX = 2**31 - 1
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

@@ -144,6 +144,9 @@ class Builder:
         return ir.Var(f"c{value}", TensorType((), dtype), "const", value)
 
     def alloc(self, type_, prefix: str = "t", zero: bool = False) -> ir.Var:
+        problem = type_.too_large() if isinstance(type_, TensorType) else None
+        if problem:  # every buffer is allocated here, so no size product can wrap in C++
+            raise staging_error(f"{prefix.strip('_')}: {problem}")
         var = self.new_var(type_, prefix)
         if var.storage == "buf":
             self.emit(ir.Alloc(var, zero))
@@ -278,6 +281,9 @@ class staging_context:
 
 
 # ------------------------------------------------------------------ Rep
+_RETURN_IT = "return it from the compiled function (its result is a numpy array)"
+_COMPUTE_WITH_LT = "compute with lt ops (lt.exp, lt.tanh, lt.sqrt, ...), or " + _RETURN_IT
+
 class Rep:
     """A staged value ("Rep[Tensor]"): stands for a C++ buffer or scalar of a
     static type.  `grad` is its gradient buffer (an `Acc` of one reverse
@@ -334,5 +340,59 @@ class Rep:
         if isinstance(self.var.type, IntArrayType):
             raise staging_error("cannot iterate over an IntArray at staging time")
         return (self[i] for i in range(len(self)))
+
+    # ---- Python and numpy asking for the value: it does not exist until the
+    # compiled code runs, so each says so at the user's line and names what
+    # to write instead.
+    def _no_value(self, what: str, instead: str):
+        raise staging_error(
+            f"{what}: a staged value ({self.var.type}) has no value while staging "
+            f"(the compiled code computes it); {instead}"
+        )
+
+    def __float__(self):
+        self._no_value("float() / math.*", _COMPUTE_WITH_LT)
+
+    def __complex__(self):
+        self._no_value("complex()", _COMPUTE_WITH_LT)
+
+    def __int__(self):
+        self._no_value("int()", "index tensors with it directly (x[i]), or " + _RETURN_IT)
+
+    def __index__(self):
+        self._no_value(
+            "range(), a slice bound, a list index or a shape (a Python int)",
+            "loop with lt.fori_loop(lower, upper, body, init) or lt.while_loop, index tensors "
+            "with it directly (x[i]), or " + _RETURN_IT,
+        )
+
+    def __format__(self, spec: str) -> str:
+        if not spec:
+            return str(self)
+        self._no_value(f"format spec {spec!r}", _RETURN_IT + " and format the result")
+
+    def numpy(self):
+        self._no_value(".numpy()", _RETURN_IT)
+
+    def item(self):
+        self._no_value(".item()", _RETURN_IT)
+
+    def tolist(self):
+        self._no_value(".tolist()", _RETURN_IT)
+
+    def __array__(self, dtype=None, copy=None):
+        self._no_value("np.asarray() / np.array()", "build arrays with lt.stack / lt.concat, or " + _RETURN_IT)
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        """numpy ufuncs stage the lantern_stage op of the same meaning
+        (np.tanh(x) is lt.tanh(x), `ndarray + x` is lt.add), or raise."""
+        from .api import numpy_ufunc
+
+        return numpy_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        from .api import numpy_function_error
+
+        raise numpy_function_error(func)
 
     # ---- arithmetic: defined in ops, attached there (one place per op)

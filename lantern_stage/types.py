@@ -15,6 +15,11 @@ import numpy as np
 
 DTYPES = ("float32", "int32", "bool")
 CPP_TYPE = {"float32": "float", "int32": "int32_t", "bool": "bool"}
+ITEMSIZE = {"float32": 4, "int32": 4, "bool": 1}
+# The largest buffer a staged value may need: byte counts and the element
+# indices of generated loops are signed 64-bit (C++ `long`); the arena adds
+# up to 64 bytes of alignment.
+MAX_BYTES = 2**63 - 1 - 64
 NUMPY_DTYPE = {"float32": "float32", "int32": "int32", "bool": "bool"}
 
 
@@ -42,8 +47,19 @@ class TensorType:
         return prod(self.shape)
 
     @property
+    def nbytes(self) -> int:
+        return self.size * ITEMSIZE[self.dtype]
+
+    @property
     def is_float(self) -> bool:
         return self.dtype == "float32"
+
+    def too_large(self) -> str | None:
+        """Why a buffer of this type cannot exist, or None."""
+        if self.nbytes <= MAX_BYTES:
+            return None
+        return (f"{self} has {self.size} elements ({self.nbytes} bytes): more than a 64-bit "
+                f"byte count holds (at most {MAX_BYTES} bytes)")
 
     def __str__(self) -> str:
         dims = ",".join(str(d) for d in self.shape)
@@ -111,6 +127,8 @@ def annotation_type(annotation, where: str):
         return {k: annotation_type(a, f'{where}["{k}"]') for k, a in annotation.items()}
     if isinstance(annotation, (tuple, list)):
         return type(annotation)(annotation_type(a, f"{where}[{i}]") for i, a in enumerate(annotation))
+    if isinstance(annotation, TensorType) and annotation.too_large():
+        raise TypeError(f"{where}: {annotation.too_large()}")
     if isinstance(annotation, (TensorType, IntArrayType)):
         return annotation
     if annotation is IntArray:

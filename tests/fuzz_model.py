@@ -1,6 +1,7 @@
 """Entry points with every kind of input, compiled once by tests/test_fuzz.py
 (`lantern compile`) and fed random arguments: float, int32 index and bool
-tensors, a 0-d int and a 0-d float, an IntArray, captured arrays, and a training step."""
+tensors, a 0-d int and a 0-d float, an IntArray, captured arrays, a training step, and
+arithmetic on NaN, infinities, denormals and integer divisors of 0."""
 import numpy as np
 
 import lantern_stage as lt
@@ -26,6 +27,12 @@ def pick(a: lt.IntArray, i: lt.Int, v: lt.Tensor[2, 3]):
 @lt.export
 def scale(s: lt.Float, x: lt.Tensor[3]):
     return x * s  # s: a 0-d float32, also passed as a Python or numpy scalar
+
+
+@lt.export
+def arith(x: lt.Tensor[4], y: lt.Tensor[4], a: lt.Tensor[4, "int32"], b: lt.Tensor[4, "int32"]):
+    # NaN through relu/maximum/minimum, exp underflow, integer // and % by zero
+    return lt.relu(x), lt.maximum(x, y), lt.minimum(x, y), lt.exp(x), a // b, a % b
 
 
 lt.manual_seed(0)

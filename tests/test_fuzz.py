@@ -2,7 +2,9 @@
 strides, out-of-range and negative indices, empty arrays, NaNs and non-arrays
 thrown at its entry points give a Python exception (TypeError, ValueError,
 IndexError) or the correct result -- never a crash, and a rejected call leaves
-the state untouched.
+the state untouched.  Arithmetic on NaN, infinities, underflowing exponents and
+integer divisors of 0 or INT32_MIN // -1 gives numpy's numbers or
+ZeroDivisionError / OverflowError, never SIGFPE.
 
 The property test runs in a subprocess (this file again, with
 LANTERN_FUZZ_PACKAGE set), so a segfault or abort fails the outer test
@@ -247,3 +249,34 @@ def test_inner_scale(s, x):
     with np.errstate(over="ignore", invalid="ignore"):
         expected = np.float32(s) * np.asarray(x, np.float32)  # float32 arithmetic, as compiled
     np.testing.assert_array_equal(out, expected)
+
+
+EXTREME_FLOATS = st.sampled_from([float("nan"), float("inf"), -float("inf"), -100.0, -104.0, -87.5, 88.8, 0.0, -0.0,
+                                  1e-40]) | st.floats(-120, 90, width=32)
+EXTREME_INTS = st.sampled_from([0, -1, 1, -2**31, 2**31 - 1, 7, -7]) | st.integers(-2**31, 2**31 - 1)
+
+
+@inner
+@fuzz_settings
+@given(x=hnp.arrays(np.float32, 4, elements=EXTREME_FLOATS), y=hnp.arrays(np.float32, 4, elements=EXTREME_FLOATS),
+       a=hnp.arrays(np.int32, 4, elements=EXTREME_INTS), b=hnp.arrays(np.int32, 4, elements=EXTREME_INTS))
+def test_inner_arith_matches_numpy_or_raises_arithmetic_errors(x, y, a, b):
+    pkg = package()
+    zero = bool((b == 0).any())
+    overflow = bool(((a == -2**31) & (b == -1)).any())
+    try:
+        relu, mx, mn, e, q, r = pkg.arith(x, y, a, b)
+    except (ZeroDivisionError, OverflowError) as err:
+        event(f"raised {type(err).__name__}")
+        allowed = ([ZeroDivisionError] if zero else []) + ([OverflowError] if overflow else [])
+        assert type(err) in allowed, f"{type(err).__name__} for a={a}, b={b}: {err}"
+        return
+    assert not zero and not overflow, f"a={a} // b={b} did not raise"
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    for got, want in [(relu, np.maximum(x64, 0.0)), (mx, np.maximum(x64, y64)), (mn, np.minimum(x64, y64))]:
+        np.testing.assert_array_equal(got, want)  # NaN where numpy has NaN
+    with np.errstate(over="ignore"):
+        np.testing.assert_allclose(e, np.exp(x64).astype(np.float32), rtol=3e-7, atol=2.0**-149, equal_nan=True)
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    np.testing.assert_array_equal(q, a64 // b64)
+    np.testing.assert_array_equal(r, a64 % b64)

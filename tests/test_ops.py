@@ -364,6 +364,7 @@ class Arg:
     kind: str = "normal"  # normal | positive | nonzero | ties | tied_max | int
     high: int = 0  # int inputs: values in [0, high)
     scale: float = 1.0
+    offset: float = 0.0  # normal inputs: scale * N(0, 1) + offset
 
     @property
     def is_float(self) -> bool:
@@ -375,7 +376,7 @@ class Arg:
 
     def draw(self, rng) -> np.ndarray:
         if self.kind == "normal":
-            x = rng.standard_normal(self.shape)
+            x = rng.standard_normal(self.shape) + self.offset / self.scale
         elif self.kind == "positive":  # log, sqrt, denominators, fractional powers
             x = rng.uniform(0.5, 2.0, self.shape)
         elif self.kind == "nonzero":  # |x| >= 0.2: away from the kinks of relu, abs
@@ -395,8 +396,8 @@ class Arg:
         return np.asarray(x * self.scale, dtype=np.float32)
 
 
-def F(*shape, scale=1.0):
-    return Arg(shape, "normal", scale=scale)
+def F(*shape, scale=1.0, offset=0.0):
+    return Arg(shape, "normal", scale=scale, offset=offset)
 
 
 def P(*shape):
@@ -623,6 +624,8 @@ CASES = [
     C("log_softmax/axis 0", lambda m, a: m.log_softmax(a, axis=0), F(3, 5)),
     C("log_softmax/3-D middle axis", lambda m, a: m.log_softmax(a, 1), F(2, 4, 3)),
     C("log_softmax/large logits", lambda m, a: m.log_softmax(a), F(3, 5, scale=30.0)),
+    C("log_softmax/logits near 1e4", lambda m, a: m.log_softmax(a), F(3, 5, offset=1e4)),
+    C("softmax/logits near -1e4", lambda m, a: m.softmax(a, axis=0), F(4, 3, offset=-1e4)),
     C("nll_loss/mean", lambda m, lp, t: m.nll_loss(lp, t), F(4, 5), I(4, high=5)),
     C("nll_loss/sum", lambda m, lp, t: m.nll_loss(lp, t, reduction="sum"), F(4, 5), I(4, high=5)),
     C("nll_loss/of log_softmax", lambda m, x, t: m.nll_loss(m.log_softmax(x), t), F(6, 3), I(6, high=3)),
@@ -630,6 +633,7 @@ CASES = [
     C("cross_entropy/mean", lambda m, x, t: m.cross_entropy(x, t), F(4, 5), I(4, high=5)),
     C("cross_entropy/sum", lambda m, x, t: m.cross_entropy(x, t, reduction="sum"), F(4, 5), I(4, high=5)),
     C("cross_entropy/large logits", lambda m, x, t: m.cross_entropy(x, t), F(4, 3, scale=30.0), I(4, high=3)),
+    C("cross_entropy/logits near 1e4", lambda m, x, t: m.cross_entropy(x, t), F(4, 3, offset=1e4), I(4, high=3)),
     C("mse_loss/mean", lambda m, a, b: m.mse_loss(a, b), F(3, 4), F(3, 4)),
     C("mse_loss/sum", lambda m, a, b: m.mse_loss(a, b, reduction="sum"), F(3, 4), F(3, 4)),
     C("mse_loss/1-D", lambda m, a, b: m.mse_loss(a, b), F(6), F(6)),

@@ -9,6 +9,8 @@ The module skeleton is the jinja2 template templates/module.cpp.j2.
 """
 from __future__ import annotations
 
+from math import prod
+
 from .. import ir
 from ..types import CPP_TYPE, IntArrayType
 from .kernels import render_prim
@@ -202,6 +204,12 @@ class Renderer:
     def loop(self, m: ir.Map) -> None:
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
+        stride_of = {id(v): st for v, st in zip(views, strides)}
+        sums = [a for a in m.assigns if isinstance(a, ir.Assign) and _is_float_sum(a, stride_of[id(a.dst)])]
+        order = _reduction_order(shape, [stride_of[id(a.dst)] for a in sums])
+        shape = [shape[d] for d in order]
+        strides = [[st[d] for d in order] for st in strides]
+        stride_of = {id(v): st for v, st in zip(views, strides)}
         names = [f"i{d}" for d in range(len(shape))]
         index = {}
         for v, st in zip(views, strides):
@@ -212,7 +220,24 @@ class Renderer:
                 elif s:
                     terms.append(f"{name} * {s}")
             index[id(v)] = " + ".join(terms) or "0"
-        for name, n in zip(names, shape):
+        # Sums add into doubles, then once into memory (float32 running sums
+        # drift by n * 6e-8; see reduce_sum in kernels.h).  A sum over trailing
+        # loops (stride 0 there) holds one double across them, declared at the
+        # first reduced loop `level`; a sum over all loops but the last (a bias
+        # gradient: rows into one row) holds a row of doubles, so the loop
+        # keeps its order and stays vectorised.
+        accs = {}  # id(assign) -> (name, level, row length or None)
+        for a in sums:
+            st = stride_of[id(a.dst)]
+            name = f"acc{len(accs)}"
+            if st[-1] == 0:
+                accs[id(a)] = (name, next(d for d in range(len(st)) if all(x == 0 for x in st[d:])), None)
+            elif len(st) > 1 and all(x == 0 for x in st[:-1]) and shape[-1] <= ROW_SUM_MAX:
+                accs[id(a)] = (name, 0, shape[-1])
+        for d, (name, n) in enumerate(zip(names, shape)):
+            for acc, level, row in accs.values():
+                if level == d:
+                    self.line(f"double {acc} = 0.0;" if row is None else f"double {acc}[{row}] = {{}};")
             self.line(f"for (long {name} = 0; {name} < {n}; ++{name}) {{")
             self.indent += 1
         if not shape:
@@ -222,14 +247,27 @@ class Renderer:
         for a in m.assigns:
             if isinstance(a, ir.Let):
                 self.line(f"const auto {self.locals.get(a.name, a.name)} = {self.expr(a.expr, index)};")
+            elif id(a) in accs:
+                acc, _, row = accs[id(a)]
+                target = acc if row is None else f"{acc}[{names[-1]}]"
+                self.line(f"{target} += {self.expr(a.expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
                 self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
         self.hoisted = {}
-        for _ in range(max(len(shape), 1)):
+        for d in reversed(range(max(len(shape), 1))):
             self.indent -= 1
             self.line("}")
-
+            for a in sums:
+                if id(a) not in accs or accs[id(a)][1] != d:
+                    continue
+                acc, _, row = accs[id(a)]
+                if row is None:
+                    self.line(f"{self.load(a.dst, index)} += static_cast<float>({acc});")
+                else:
+                    last = names[-1]
+                    self.line(f"for (long {last} = 0; {last} < {row}; ++{last}) "
+                              f"{self.load(a.dst, index)} += static_cast<float>({acc}[{last}]);")
 
     def _hoist_conditional_loads(self, m: ir.Map, index: dict) -> None:
         """Read the operands of `c ? a : b` into locals first, so that every
@@ -253,6 +291,38 @@ class Renderer:
         for k, text in enumerate(sorted(loads)):
             self.line(f"const {CPP_TYPE[loads[text].var.dtype]} r{k} = {text};")
             self.hoisted[text] = f"r{k}"
+
+
+def _is_float_sum(a, dst_strides) -> bool:
+    """An accumulation of floats into one element over a loop (stride 0)."""
+    return a.accumulate and a.dst.var.dtype == "float32" and any(s == 0 for s in dst_strides)
+
+
+# Longest row of double accumulators kept on the stack (32 KB).
+ROW_SUM_MAX = 4096
+# Other sums over fewer loop iterations than this stay in their loop's order
+# with float32 running sums (error below 64 * 6e-8); longer ones get their
+# reduced loops moved innermost, where one double holds them.
+SHORT_SUM = 64
+
+
+def _reduction_order(shape, sum_strides) -> list[int]:
+    """Loop order for the sums of one loop: the given order when every sum is
+    over trailing loops, or over all loops but a last one of at most
+    ROW_SUM_MAX, or short; else (one kind of sum) its reduced loops move
+    innermost, keeping their relative order."""
+    order = list(range(len(shape)))
+    zero_sets = {tuple(d for d, s in enumerate(st) if s == 0) for st in sum_strides}
+    n = len(shape)
+    handled = [z == tuple(range(n - len(z), n)) or (z == tuple(range(n - 1)) and shape[-1] <= ROW_SUM_MAX)
+               for z in zero_sets]
+    if all(handled) or len(zero_sets) != 1:
+        return order
+    reduced = zero_sets.pop()
+    if prod(shape[d] for d in reduced) < SHORT_SUM:
+        return order
+    return [d for d in order if d not in reduced] + list(reduced)
+
 
 def _views(m: ir.Map) -> list[ir.View]:
     return m.views()

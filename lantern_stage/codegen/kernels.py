@@ -18,7 +18,7 @@ def val(v: Var) -> str:
     if v.storage == "scalar":
         return v.name
     if v.storage == "const":
-        return str(v.value)
+        return ("true" if v.value else "false") if v.dtype == "bool" else str(v.value)
     return f"{v.name}[0]"
 
 

@@ -115,13 +115,15 @@ add = binary("add", "{a} + {b}", lambda a, b, y: (1, 1))
 sub = binary("sub", "{a} - {b}", lambda a, b, y: (1, -1))
 mul = binary("mul", "{a} * {b}", lambda a, b, y: (b, a))
 div = binary("div", "(float)({a}) / (float)({b})", lambda a, b, y: (1.0 / b, neg(y) / b), result=_float_result)
-# At a tie each side gets half the gradient, as in PyTorch (and central differences).
+# At a tie each side gets half the gradient, as in PyTorch (and central differences);
+# at a NaN (the result is NaN) both sides get all of it, as in PyTorch.
 maximum = binary("maximum", "lt::max_f({a}, {b})",
-                 lambda a, b, y: (_tie_share(a > b, a == b), _tie_share(b > a, a == b)))
+                 lambda a, b, y: (_share(a < b, a == b), _share(b < a, a == b)))
 minimum = binary("minimum", "lt::min_f({a}, {b})",
-                 lambda a, b, y: (_tie_share(a < b, a == b), _tie_share(b < a, a == b)))
-floordiv = binary("floordiv", "lt::floordiv({a}, {b})")
-mod = binary("mod", "lt::mod({a}, {b})")
+                 lambda a, b, y: (_share(a > b, a == b), _share(b > a, a == b)))
+# `{where}`: the op and the user's file:line, for ZeroDivisionError at run time.
+floordiv = binary("floordiv", "lt::floordiv({a}, {b}, {where})")
+mod = binary("mod", "lt::mod({a}, {b}, {where})")
 
 less = binary("less", "{a} < {b}", result=_compare_type)
 less_equal = binary("less_equal", "{a} <= {b}", result=_compare_type)
@@ -133,9 +135,9 @@ logical_and = binary("logical_and", "({a} && {b})", result=_compare_type)
 logical_or = binary("logical_or", "({a} || {b})", result=_compare_type)
 
 
-def _tie_share(wins, ties):
-    """1 where this side wins, 1/2 at a tie, else 0 (a float mask)."""
-    return where(wins, 1.0, where(ties, 0.5, 0.0))
+def _share(loses, ties):
+    """0 where this side loses, 1/2 at a tie, else 1 (wins, or a NaN): a float mask."""
+    return where(loses, 0.0, where(ties, 0.5, 1.0))
 
 
 neg = elementwise("neg", "-{x}", lambda x, y: -1)
@@ -146,7 +148,7 @@ tanh = elementwise("tanh", "lt::tanh_f({x})", lambda x, y: 1.0 - y * y)
 # A fused kernel rather than 1/(1+exp(-x)) over primitives: one pass, and its
 # derivative y*(1-y) needs no extra buffers.
 sigmoid = elementwise("sigmoid", "lt::sigmoid_f({x})", lambda x, y: y * (1.0 - y))
-relu = elementwise("relu", "lt::max_f({x}, 0.0f)", lambda x, y: where(x > 0.0, 1.0, 0.0))
+relu = elementwise("relu", "lt::max_f({x}, 0.0f)", lambda x, y: where(x <= 0.0, 0.0, 1.0))  # NaN: g, as PyTorch
 erf = elementwise("erf", "lt::erf_f({x})", lambda x, y: 1.1283791670955126 * exp(-(x * x)))
 sin = elementwise("sin", "lt::sin_f({x})", lambda x, y: cos(x))
 cos = elementwise("cos", "lt::cos_f({x})", lambda x, y: -sin(x))

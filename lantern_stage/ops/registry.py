@@ -305,6 +305,13 @@ def operand(x) -> ir.Expr:
     raise TypeError(x)
 
 
+# Kernels whose sizes are C++ `int` (32-bit BLAS, convolution, pooling): every
+# operand must have fewer than 2^31 elements, so that no size product wraps.
+INT32_KERNELS = {"gemm", "gemv", "ger", "dot", "outer_log_start", "outer_log_append", "conv2d",
+                 "conv2d_backward", "pool_argmax", "avg_pool2d", "avg_pool2d_backward"}
+INT32_MAX = 2**31 - 1
+
+
 class Emitter:
     """What forward and backward rules use to emit primitive statements."""
 
@@ -321,7 +328,7 @@ class Emitter:
         every operand numpy-broadcast to it.  A `dst` smaller than `shape`
         accumulates a reduction: that is how broadcasting is undone."""
         shape = dst.shape if shape is None else tuple(shape)
-        expr = compact_expr(fmt, [self.leaf(s, shape) for s in srcs])
+        expr = compact_expr(self._with_where(fmt), [self.leaf(s, shape) for s in srcs])
         if dst.storage == "scalar":
             self._emit(ir.ScalarDef(dst, expr))
             return
@@ -330,7 +337,17 @@ class Emitter:
     def map_view(self, dst: ir.View, fmt: str, *srcs, acc: bool = False, shape) -> None:
         """Like `map`, with explicit views (strided copies: transpose, slices)."""
         args = [s if isinstance(s, tuple) else self.leaf(s, shape) for s in srcs]
-        self._emit(ir.Map(tuple(shape), [ir.Assign(dst, acc, compact_expr(fmt, args))]))
+        self._emit(ir.Map(tuple(shape), [ir.Assign(dst, acc, compact_expr(self._with_where(fmt), args))]))
+
+    def _with_where(self, fmt: str) -> str:
+        """`{where}` in a formula is a C string literal "op at file:line", for
+        run-time errors that name the user's line (integer division by zero)."""
+        if "{where}" not in fmt:
+            return fmt
+        op, _, loc = self.note.partition(" ")
+        text = f"{op} at {loc}" if loc else op
+        text = text.replace("\\", "\\\\").replace('"', '\\"').replace("{", "\\173").replace("}", "\\175")
+        return fmt.replace("{where}", '"' + text + '"')
 
     def leaf(self, src, shape) -> ir.Expr:
         if isinstance(src, ir.View):
@@ -344,6 +361,11 @@ class Emitter:
         raise TypeError(f"not an operand: {src!r}")
 
     def prim(self, kind: str, outs, ins, acc: bool = False, **attrs) -> None:
+        if kind in INT32_KERNELS:
+            for v in list(outs) + list(ins):
+                if isinstance(v.type, TensorType) and v.size > INT32_MAX:
+                    raise staging_error(f"{self.note.removeprefix('d ').partition(' ')[0]}: {v.type} has {v.size} elements; the {kind} "
+                                        f"kernel (BLAS / convolution) indexes with int32, at most {INT32_MAX}")
         # A kernel writes memory; a 0-d int/bool result is held by value, so
         # the kernel writes a one-element buffer that is then read into it.
         scalars = [(k, v) for k, v in enumerate(outs) if v.storage == "scalar"]
