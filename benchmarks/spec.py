@@ -1,8 +1,10 @@
-"""The four benchmark models' hyper-parameters, fixed once for every framework.
+"""The benchmark models' hyper-parameters, fixed once for every framework.
 
 A `Config` is what each framework's ``build(model, weights, cfg)`` receives. The
-numbers are the paper's (Wang et al. 2018, Section 6 / Figure 6); every twin must
-use these and nothing else, so that losses can be compared across frameworks.
+numbers of the first four are the paper's (Wang et al. 2018, Section 6 / Figure 6);
+`pinn` is issue 11's physics-informed network (2-D Poisson, see `benchmarks.data.
+poisson_batch`). Every twin must use these and nothing else, so that losses can be
+compared across frameworks.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-MODELS = ("rnn", "lstm", "cnn", "treelstm")
+MODELS = ("rnn", "lstm", "cnn", "treelstm", "pinn")
 
 # Paper units: times are reported per this many training steps.
 UNITS = {
@@ -19,6 +21,7 @@ UNITS = {
     "lstm": (5000, "s / 5000 iterations"),
     "cnn": (600, "s / epoch (600 batches of 100)"),
     "treelstm": (1101, "s / epoch (1101 trees)"),
+    "pinn": (1000, "s / 1000 steps"),
 }
 
 
@@ -27,11 +30,14 @@ class Config:
     """Hyper-parameters of one model. Field meanings:
 
     vocab      characters in the vocabulary (rnn, lstm)
-    hidden     hidden size H (rnn, lstm: 50; treelstm: 150)
+    hidden     hidden size H (rnn, lstm: 50; treelstm: 150; pinn: width of its 3 hidden layers, 64)
     seq        time steps per iteration (rnn, lstm)
-    batch      sequences (rnn, lstm) or images (cnn) per step; 1 tree for treelstm
-    optimizer  "adagrad" (PyTorch formula, accumulator starts at 0) or "sgd"
-    lr, eps    optimizer step size and Adagrad epsilon
+    batch      sequences (rnn, lstm), images (cnn) or interior collocation points (pinn)
+               per step; 1 tree for treelstm
+    boundary   pinn: boundary points per step
+    optimizer  "adagrad" (PyTorch formula, accumulator starts at 0), "sgd" or "adam"
+               (torch.optim.Adam, betas (0.9, 0.999))
+    lr, eps    optimizer step size and Adagrad / Adam epsilon
     clip       global gradient-norm clipping threshold (clip_grad_norm_ semantics) or None
     dropout    cnn only: apply dropout(p=0.5) after fc1 (off for loss-parity runs)
     classes    output classes (cnn: 10, treelstm: 5)
@@ -44,6 +50,7 @@ class Config:
     hidden: int = 50
     seq: int = 20
     batch: int = 20
+    boundary: int = 0
     optimizer: str = "adagrad"
     lr: float = 0.1
     eps: float = 1e-10
@@ -71,4 +78,7 @@ def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
         return Config(model, vocab=0, hidden=150, seq=0, batch=1, optimizer="adagrad", lr=0.05,
                       eps=1e-10, clip=None, classes=5, embed=int(embedding.shape[1]),
                       embedding=embedding)
+    if model == "pinn":
+        return Config(model, vocab=0, hidden=64, seq=0, batch=1024, boundary=256, optimizer="adam",
+                      lr=1e-3, eps=1e-8, clip=None)
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

@@ -1,9 +1,10 @@
-"""Initial weights of the four models, made once in numpy and loaded by every framework.
+"""Initial weights of the models, made once in numpy and loaded by every framework.
 
 PyTorch's default initialisation with a fixed seed: uniform(-1/sqrt(fan_in),
 1/sqrt(fan_in)) for the weights and biases of Linear and Conv2d (kaiming_uniform
 with a=sqrt(5) reduces to that bound) and 1/sqrt(hidden) for every LSTMCell tensor
-(PyTorch's LSTMCell rule). Names and layouts are PyTorch's: Linear weights are
+(PyTorch's LSTMCell rule). The PINN's MLP 2 -> 64 -> 64 -> 64 -> 1 is four Linear
+layers fc1..fc4 with that same default rule. Names and layouts are PyTorch's: Linear weights are
 [out, in], Conv2d weights [out, in, kh, kw], LSTMCell gates stacked i, f, g, o.
 """
 from __future__ import annotations
@@ -42,6 +43,13 @@ def layout(cfg: Config) -> List[Tuple[str, Shape, int]]:
         return [("W_leaf", (3 * H, E), E), ("b_leaf", (3 * H,), E),
                 ("U", (5 * H, 2 * H), 2 * H), ("b_inner", (5 * H,), 2 * H),
                 ("W_out", (C, H), H), ("b_out", (C,), H)]
+    if cfg.model == "pinn":
+        H = cfg.hidden
+        sizes = [(H, 2), (H, H), (H, H), (1, H)]
+        out = []
+        for k, (o, i) in enumerate(sizes, 1):
+            out += [(f"fc{k}.weight", (o, i), i), (f"fc{k}.bias", (o,), i)]
+        return out
     raise ValueError(f"unknown model {cfg.model!r}")
 
 

@@ -12,6 +12,13 @@ matmul, then `lax.scan` runs over the padded levels, each level gathering its
 children's states from a fixed-size buffer and writing its own rows with
 `dynamic_update_slice`; padded rows are masked out of the loss. One compilation
 per bucket (29 on the SST dev set), all done by `precompile` before timing.
+
+PINN: the network u is applied to the whole batch of points; the Laplacian is
+nested `jax.jvp` along each coordinate direction (forward over forward: the
+second directional derivative u_xx = jvp(x -> jvp(u, x, e)[1], x, e)[1], the
+rows being independent points), and `jax.value_and_grad` of the loss over the
+weights is reverse over that forward code, all in one `jax.jit`. Adam follows
+torch.optim.Adam's formula.
 """
 from __future__ import annotations
 
@@ -124,7 +131,25 @@ def _models():
         logp = jax.nn.log_softmax(logits, axis=-1)
         return -jnp.sum(mask * jnp.take_along_axis(logp, labels[:, None], axis=1)[:, 0])
 
-    return dict(rnn=loss_rnn, lstm=loss_lstm, cnn=loss_cnn, treelstm=loss_treelstm)
+    def mlp(p, x):
+        h = x
+        for k in (1, 2, 3):
+            h = jnp.tanh(linear(h, p, f"fc{k}"))
+        return linear(h, p, "fc4")
+
+    def laplacian(p, x):
+        u = lambda y: mlp(p, y)
+        lap = 0.0
+        for d in range(x.shape[1]):
+            e = jnp.zeros_like(x).at[:, d].set(1.0)
+            du = lambda y: jax.jvp(u, (y,), (e,))[1]
+            lap = lap + jax.jvp(du, (x,), (e,))[1]
+        return lap
+
+    def loss_pinn(p, xi, f, xb, g):
+        return jnp.mean((laplacian(p, xi) - f) ** 2) + jnp.mean((mlp(p, xb) - g) ** 2)
+
+    return dict(rnn=loss_rnn, lstm=loss_lstm, cnn=loss_cnn, treelstm=loss_treelstm, pinn=loss_pinn)
 
 
 class JaxTrainer:
@@ -134,7 +159,10 @@ class JaxTrainer:
         self.jax, self.jnp = jax, jnp
         self.model, self.cfg = model, cfg
         self.params = {k: jnp.asarray(np.asarray(v, dtype=np.float32)) for k, v in weights.items()}
-        self.acc = {k: jnp.zeros_like(v) for k, v in self.params.items()}
+        zeros = lambda: {k: jnp.zeros_like(v) for k, v in self.params.items()}
+        # optimizer state: Adagrad's accumulator, or Adam's (m, v, bias corrections 1 - beta^t)
+        scalar = lambda: jnp.zeros((), jnp.float32)
+        self.acc = (zeros(), zeros(), scalar(), scalar()) if cfg.optimizer == "adam" else zeros()
         self.key = jax.random.PRNGKey(0)
         loss = _models()[model]
         if model == "cnn":
@@ -159,6 +187,18 @@ class JaxTrainer:
             acc = jax.tree_util.tree_map(lambda a, g: a + g * g, acc, grads)
             params = jax.tree_util.tree_map(lambda p, a, g: p - cfg.lr * g / (jnp.sqrt(a) + cfg.eps),
                                             params, acc, grads)
+        elif cfg.optimizer == "adam":
+            # torch.optim.Adam, betas (0.9, 0.999). The bias corrections 1 - beta^t are
+            # state advanced as bc <- beta bc + (1 - beta): exact in float32, where
+            # 1 - beta**t would cancel digits (PyTorch computes them in float64).
+            (m, v, bc1, bc2), (b1, b2) = acc, (0.9, 0.999)
+            bc1, bc2 = b1 * bc1 + (1.0 - b1), b2 * bc2 + (1.0 - b2)
+            m = jax.tree_util.tree_map(lambda m, g: m + (1.0 - b1) * (g - m), m, grads)
+            v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1.0 - b2) * g * g, v, grads)
+            step_size, bc2_sqrt = cfg.lr / bc1, jnp.sqrt(bc2)
+            params = jax.tree_util.tree_map(lambda p, m, v: p - step_size * m / (jnp.sqrt(v) / bc2_sqrt + cfg.eps),
+                                            params, m, v)
+            acc = (m, v, bc1, bc2)
         else:
             params = jax.tree_util.tree_map(lambda p, g: p - cfg.lr * g, params, grads)
         return params, acc, key, loss
@@ -169,6 +209,8 @@ class JaxTrainer:
             return jnp.asarray(batch.xs), jnp.asarray(batch.ys)
         if self.model == "cnn":
             return jnp.asarray(batch.x), jnp.asarray(batch.y)
+        if self.model == "pinn":
+            return tuple(jnp.asarray(a) for a in batch)
         return tuple(jnp.asarray(a) for a in padded_schedule(batch))
 
     def precompile(self, batches):

@@ -21,6 +21,11 @@ TreeLSTM (what runs fastest without retracing per tree shape):
   padded levels, writing each level's rows into a fixed-size state buffer
   (`tensor_scatter_nd_update`); padded rows are masked out of the loss. One compilation per bucket, all done by
   `precompile` before timing.
+
+PINN: the Laplacian by nested `GradientTape`s inside the training step's tape:
+an inner tape gives du/dx of the batched network, a persistent middle tape the
+derivative of each of its columns, and the outer tape the weights' gradient
+through both. Adam follows torch.optim.Adam's formula.
 """
 from __future__ import annotations
 
@@ -94,8 +99,11 @@ class TFTrainer:
         self.vars = OrderedDict((k, tf.Variable(v, name=k.replace(".", "_")))
                                 for k, v in to_tf(model, weights).items())
         self.var_list = list(self.vars.values())
-        self.acc = ([tf.Variable(tf.zeros_like(v)) for v in self.var_list]
-                    if cfg.optimizer == "adagrad" else None)
+        zeros = lambda: [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
+        self.acc = zeros() if cfg.optimizer in ("adagrad", "adam") else None
+        if cfg.optimizer == "adam":   # second moments and the bias corrections 1 - beta^t
+            self.acc_sq = zeros()
+            self.bias_corr = [tf.Variable(0.0), tf.Variable(0.0)]
         if model == "treelstm":
             self.emb = tf.constant(cfg.embedding)
         self.loss_fn = getattr(self, f"_loss_{model}")
@@ -110,6 +118,10 @@ class TFTrainer:
                     tf.TensorSpec([cfg.seq, cfg.batch], tf.int32)]
         if self.model == "cnn":
             return [tf.TensorSpec([cfg.batch, 28, 28, 1], tf.float32), tf.TensorSpec([cfg.batch], tf.int32)]
+        if self.model == "pinn":
+            n, m = cfg.batch, cfg.boundary
+            return [tf.TensorSpec([n, 2], tf.float32), tf.TensorSpec([n, 1], tf.float32),
+                    tf.TensorSpec([m, 2], tf.float32), tf.TensorSpec([m, 1], tf.float32)]
         if self.model == "treelstm" and not self.jit:
             i = tf.int32
             return [tf.TensorSpec([None], i), tf.TensorSpec([None], i), tf.TensorSpec([None], i),
@@ -122,6 +134,8 @@ class TFTrainer:
             return tf.constant(batch.xs), tf.constant(batch.ys)
         if self.model == "cnn":
             return tf.constant(batch.x.transpose(0, 2, 3, 1)), tf.constant(batch.y)
+        if self.model == "pinn":
+            return tuple(tf.constant(a) for a in batch)
         if self.jit:
             return tuple(tf.constant(a) for a in padded_schedule(batch))
         return tuple(tf.constant(a) for a in level_schedule(batch))
@@ -130,7 +144,7 @@ class TFTrainer:
         """Trace (and, for XLA, compile) the step for every distinct shape among
         `batches`, then restore the weights and optimizer state: compilation happens
         at a concrete function's first call, so each bucket is called once."""
-        state = self.var_list + (self.acc or [])
+        state = self.var_list + (self.acc or []) + getattr(self, "acc_sq", []) + getattr(self, "bias_corr", [])
         saved = [v.numpy() for v in state]
         seen = set()
         for b in batches:
@@ -157,6 +171,17 @@ class TFTrainer:
             for v, a, g in zip(self.var_list, self.acc, grads):
                 a.assign_add(g * g)
                 v.assign_sub(cfg.lr * g / (tf.sqrt(a) + cfg.eps))
+        elif cfg.optimizer == "adam":
+            # torch.optim.Adam, betas (0.9, 0.999); bc <- beta bc + (1 - beta) is 1 - beta^t,
+            # exact in float32 (1 - beta**t would cancel digits; PyTorch uses float64)
+            (b1, b2), (c1, c2) = (0.9, 0.999), self.bias_corr
+            c1.assign(b1 * c1 + (1.0 - b1))
+            c2.assign(b2 * c2 + (1.0 - b2))
+            step_size, bc2_sqrt = cfg.lr / c1, tf.sqrt(c2)
+            for v, m, s, g in zip(self.var_list, self.acc, self.acc_sq, grads):
+                m.assign_add((1.0 - b1) * (g - m))
+                s.assign(b2 * s + (1.0 - b2) * g * g)
+                v.assign_sub(step_size * m / (tf.sqrt(s) / bc2_sqrt + cfg.eps))
         else:
             for v, g in zip(self.var_list, grads):
                 v.assign_sub(cfg.lr * g)
@@ -277,6 +302,26 @@ class TFTrainer:
                                                   tf.TensorShape([None, H])])
         logits = tf.matmul(h, v["W_out"], transpose_b=True) + v["b_out"]
         return self._ce_sum(labels, logits)
+
+
+    def _mlp(self, x):
+        h = x
+        for k in (1, 2, 3):
+            h = self.tf.tanh(self._linear(h, f"fc{k}"))
+        return self._linear(h, "fc4")
+
+    def _loss_pinn(self, xi, f, xb, g):
+        tf = self.tf
+        with tf.GradientTape(persistent=True) as t2:
+            t2.watch(xi)
+            with tf.GradientTape() as t1:
+                t1.watch(xi)
+                u = self._mlp(xi)
+            du = t1.gradient(u, xi)                     # [n, 2]; rows are independent points
+            dux, duy = du[:, 0], du[:, 1]
+        lap = t2.gradient(dux, xi)[:, 0:1] + t2.gradient(duy, xi)[:, 1:2]
+        del t2
+        return tf.reduce_mean((lap - f) ** 2) + tf.reduce_mean((self._mlp(xb) - g) ** 2)
 
 
 def build(model, weights, cfg, jit_compile: bool = False):

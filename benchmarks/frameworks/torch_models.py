@@ -1,4 +1,4 @@
-"""The PyTorch twins of the four benchmark models, importable on their own.
+"""The PyTorch twins of the benchmark models, importable on their own.
 
 These are the reference implementations of the spec in ``benchmarks.spec`` /
 ``benchmarks.weights``: lantern_stage's parity tests build them from the same
@@ -137,7 +137,38 @@ class TreeLSTM(nn.Module):
         return torch.stack(losses).sum()
 
 
-MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM}
+class PoissonPINN(nn.Module):
+    """Physics-informed MLP 2 -> H -> H -> H -> 1 (tanh) for u_xx + u_yy = f on the
+    unit square. The loss is mean((u_xx + u_yy - f)^2) over the interior points plus
+    mean((u - g)^2) over the boundary points. The Laplacian is what a PyTorch user
+    writes: `torch.autograd.grad(..., create_graph=True)` for du, then once more per
+    coordinate for its diagonal second derivatives; `loss.backward()` then runs
+    backward through all three."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        H = cfg.hidden
+        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(2, H), nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, 1)
+
+    def u(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc1(x))
+        h = torch.tanh(self.fc2(h))
+        h = torch.tanh(self.fc3(h))
+        return self.fc4(h)
+
+    def laplacian(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        (du,) = torch.autograd.grad(self.u(x).sum(), x, create_graph=True)
+        (dux,) = torch.autograd.grad(du[:, 0].sum(), x, create_graph=True)
+        (duy,) = torch.autograd.grad(du[:, 1].sum(), x, create_graph=True)
+        return dux[:, 0:1] + duy[:, 1:2]
+
+    def forward(self, xi, f, xb, g) -> torch.Tensor:
+        residual = self.laplacian(xi) - f
+        return (residual ** 2).mean() + ((self.u(xb) - g) ** 2).mean()
+
+
+MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM, "pinn": PoissonPINN}
 
 
 def from_weights(model: str, weights: Dict[str, np.ndarray], cfg: Config) -> nn.Module:
@@ -153,6 +184,8 @@ def make_optimizer(net: nn.Module, cfg: Config) -> torch.optim.Optimizer:
         return torch.optim.Adagrad(net.parameters(), lr=cfg.lr, eps=cfg.eps)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(net.parameters(), lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(net.parameters(), lr=cfg.lr, eps=cfg.eps)
     raise ValueError(cfg.optimizer)
 
 
@@ -171,6 +204,8 @@ def prepare(model: str, batch):
         return torch.from_numpy(batch.x), torch.from_numpy(batch.y.astype(np.int64))
     if model == "treelstm":
         return (prepare_tree(batch),)
+    if model == "pinn":
+        return tuple(torch.from_numpy(a) for a in batch)
     raise ValueError(model)
 
 
@@ -198,7 +233,10 @@ class TorchTrainer:
         return loss.item()
 
     def loss(self, batch) -> float:
-        """The loss of `batch` without training (no gradient)."""
+        """The loss of `batch` without training (no weight gradient; the PINN's
+        loss itself needs input derivatives, so autograd stays on for it)."""
+        if self.model == "pinn":
+            return float(self.forward(*batch).detach())
         with torch.no_grad():
             return float(self.forward(*batch))
 
