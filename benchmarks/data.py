@@ -264,7 +264,8 @@ def tree_levels(tree: Tree) -> np.ndarray:
 
 class PoissonBatch(NamedTuple):
     """One PINN training step's points on the unit square (float32):
-    loss = mean((u_xx + u_yy - f)^2 over xi) + mean((u - g)^2 over xb)."""
+    loss = mean((u_xx + u_yy - f)^2 over xi) + w * mean((u - g)^2 over xb),
+    w = `Config.boundary_weight`."""
     xi: np.ndarray   # [n, 2] interior collocation points, uniform in (0, 1)^2
     f: np.ndarray    # [n, 1] the source term at xi
     xb: np.ndarray   # [m, 2] boundary points, m/4 uniform on each edge

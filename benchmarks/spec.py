@@ -35,6 +35,7 @@ class Config:
     batch      sequences (rnn, lstm), images (cnn) or interior collocation points (pinn)
                per step; 1 tree for treelstm
     boundary   pinn: boundary points per step
+    boundary_weight  pinn: weight of the boundary term of the loss (see make_config)
     optimizer  "adagrad" (PyTorch formula, accumulator starts at 0), "sgd" or "adam"
                (torch.optim.Adam, betas (0.9, 0.999))
     lr, eps    optimizer step size and Adagrad / Adam epsilon
@@ -51,6 +52,7 @@ class Config:
     seq: int = 20
     batch: int = 20
     boundary: int = 0
+    boundary_weight: float = 1.0
     optimizer: str = "adagrad"
     lr: float = 0.1
     eps: float = 1e-10
@@ -79,6 +81,12 @@ def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
                       eps=1e-10, clip=None, classes=5, embed=int(embedding.shape[1]),
                       embedding=embedding)
     if model == "pinn":
-        return Config(model, vocab=0, hidden=64, seq=0, batch=1024, boundary=256, optimizer="adam",
-                      lr=1e-3, eps=1e-8, clip=None)
+        # loss = mean((u_xx + u_yy - f)^2) + boundary_weight * mean((u - g)^2). With weight 1 the
+        # residual term dominates: the Laplacian scales a smooth error e ~ sin(pi x) sin(pi y) by
+        # 2 pi^2, so the residual weighs e by (2 pi^2)^2 ~ 390 against the boundary's 1, and the
+        # boundary error is what remains. Measured (JAX twin, these points and weights): weight 1
+        # reaches a relative L2 error of 0.100 after 2500 steps, falling ~5% per 500 steps;
+        # weight 100 reaches 9.5e-3 after 1000 steps and 4.8e-3 after 3000.
+        return Config(model, vocab=0, hidden=64, seq=0, batch=1024, boundary=256, boundary_weight=100.0,
+                      optimizer="adam", lr=1e-3, eps=1e-8, clip=None)
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")

@@ -44,7 +44,7 @@ def closed_form_loss(w, batch) -> float:
     xi = np.asarray(batch.xi, np.float64)
     lap = sum(mlp(xi, np.tile(e, (len(xi), 1)))[1] for e in np.eye(2))
     ub, _ = mlp(np.asarray(batch.xb, np.float64))
-    return float(np.mean((lap - batch.f) ** 2) + np.mean((ub - batch.g) ** 2))
+    return float(np.mean((lap - batch.f) ** 2) + CFG.boundary_weight * np.mean((ub - batch.g) ** 2))
 
 
 # ----------------------------------------------------------------------------- problem data

@@ -146,8 +146,8 @@ def _models():
             lap = lap + jax.jvp(du, (x,), (e,))[1]
         return lap
 
-    def loss_pinn(p, xi, f, xb, g):
-        return jnp.mean((laplacian(p, xi) - f) ** 2) + jnp.mean((mlp(p, xb) - g) ** 2)
+    def loss_pinn(p, xi, f, xb, g, boundary_weight):
+        return jnp.mean((laplacian(p, xi) - f) ** 2) + boundary_weight * jnp.mean((mlp(p, xb) - g) ** 2)
 
     return dict(rnn=loss_rnn, lstm=loss_lstm, cnn=loss_cnn, treelstm=loss_treelstm, pinn=loss_pinn)
 
@@ -167,6 +167,8 @@ class JaxTrainer:
         loss = _models()[model]
         if model == "cnn":
             loss = partial(loss, dropout=cfg.dropout, rate=cfg.dropout_p)
+        if model == "pinn":
+            loss = partial(loss, boundary_weight=cfg.boundary_weight)
         if model == "treelstm":
             emb = jnp.asarray(cfg.embedding)
             loss = (lambda p, *b, _l=loss: _l(p, emb, *b))

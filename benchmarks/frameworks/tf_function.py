@@ -321,7 +321,8 @@ class TFTrainer:
             dux, duy = du[:, 0], du[:, 1]
         lap = t2.gradient(dux, xi)[:, 0:1] + t2.gradient(duy, xi)[:, 1:2]
         del t2
-        return tf.reduce_mean((lap - f) ** 2) + tf.reduce_mean((self._mlp(xb) - g) ** 2)
+        return (tf.reduce_mean((lap - f) ** 2)
+                + self.cfg.boundary_weight * tf.reduce_mean((self._mlp(xb) - g) ** 2))
 
 
 def build(model, weights, cfg, jit_compile: bool = False):

@@ -28,7 +28,7 @@ def pinn_loss(net):
     def loss(xi, f, xb, g):
         h = hess(xi)                                            # [n, 2, 2]
         residual = (h[:, 0, 0] + h[:, 1, 1])[:, None] - f
-        return (residual ** 2).mean() + ((net.u(xb) - g) ** 2).mean()
+        return (residual ** 2).mean() + net.boundary_weight * ((net.u(xb) - g) ** 2).mean()
 
     return loss
 

@@ -140,7 +140,7 @@ class TreeLSTM(nn.Module):
 class PoissonPINN(nn.Module):
     """Physics-informed MLP 2 -> H -> H -> H -> 1 (tanh) for u_xx + u_yy = f on the
     unit square. The loss is mean((u_xx + u_yy - f)^2) over the interior points plus
-    mean((u - g)^2) over the boundary points. The Laplacian is what a PyTorch user
+    cfg.boundary_weight * mean((u - g)^2) over the boundary points. The Laplacian is what a PyTorch user
     writes: `torch.autograd.grad(..., create_graph=True)` for du, then once more per
     coordinate for its diagonal second derivatives; `loss.backward()` then runs
     backward through all three."""
@@ -148,6 +148,7 @@ class PoissonPINN(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         H = cfg.hidden
+        self.boundary_weight = cfg.boundary_weight
         self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(2, H), nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, 1)
 
     def u(self, x: torch.Tensor) -> torch.Tensor:
@@ -165,7 +166,7 @@ class PoissonPINN(nn.Module):
 
     def forward(self, xi, f, xb, g) -> torch.Tensor:
         residual = self.laplacian(xi) - f
-        return (residual ** 2).mean() + ((self.u(xb) - g) ** 2).mean()
+        return (residual ** 2).mean() + self.boundary_weight * ((self.u(xb) - g) ** 2).mean()
 
 
 MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM, "pinn": PoissonPINN}

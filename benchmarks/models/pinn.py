@@ -3,8 +3,9 @@
 The 2-D Poisson problem u_xx + u_yy = f on the unit square with the known
 solution u = sin(pi x) sin(pi y) (so f = -2 pi^2 u and u = 0 on the boundary);
 the network is an MLP 2 -> 64 -> 64 -> 64 -> 1 with tanh, and the loss of one
-step is mean((u_xx + u_yy - f)^2) over 1024 interior points plus mean((u - g)^2)
-over 256 boundary points (`benchmarks.data.poisson_batch`); Adam lr 1e-3.
+step is mean((u_xx + u_yy - f)^2) over 1024 interior points plus 100 mean((u - g)^2)
+over 256 boundary points (`benchmarks.data.poisson_batch`; the weight 100 is
+`Config.boundary_weight`, see `benchmarks.spec.make_config`); Adam lr 1e-3.
 
 The Laplacian is a derivative of the network with respect to its input inside
 the loss, which `lt.train_step` differentiates again with respect to the
@@ -29,11 +30,12 @@ LAPLACIANS = ("jvp", "grad")
 
 
 class PoissonPINN(nn.Module):
-    def __init__(self, hidden: int = 64, laplacian: str = "jvp"):
+    def __init__(self, hidden: int = 64, laplacian: str = "jvp", boundary_weight: float = 100.0):
         super().__init__()
         if laplacian not in LAPLACIANS:
             raise ValueError(f"laplacian must be one of {LAPLACIANS}, got {laplacian!r}")
         self.laplacian_mode = laplacian
+        self.boundary_weight = float(boundary_weight)
         self.fc1, self.fc2, self.fc3 = nn.Linear(2, hidden), nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
         self.fc4 = nn.Linear(hidden, 1)
 
@@ -65,7 +67,7 @@ class PoissonPINN(nn.Module):
 
     def forward(self, xi, f, xb, g):
         residual = self.laplacian(xi) - f
-        return lt.mean(residual * residual) + lt.mean((self.u(xb) - g) ** 2)
+        return lt.mean(residual * residual) + self.boundary_weight * lt.mean((self.u(xb) - g) ** 2)
 
 
 def require_higher_order(laplacian: str = "jvp") -> None:
@@ -77,7 +79,7 @@ def require_higher_order(laplacian: str = "jvp") -> None:
 
 def build(weights, cfg, laplacian: str = "jvp") -> LanternTrainer:
     require_higher_order(laplacian)
-    model = PoissonPINN(cfg.hidden, laplacian)
+    model = PoissonPINN(cfg.hidden, laplacian, cfg.boundary_weight)
     model.load_state_dict(weights)
     n, m = cfg.batch, cfg.boundary
 
