@@ -41,7 +41,9 @@ from benchmarks.models.pinn import LAPLACIANS, PoissonPINN, require_higher_order
 from benchmarks.spec import make_config  # noqa: E402
 from benchmarks.weights import init_weights  # noqa: E402
 
-GRID = 101
+GRID = 101                       # evaluation grid: GRID x GRID points
+CFG = make_config("pinn")        # the harness's hyper-parameters
+N, M = CFG.batch, CFG.boundary   # interior and boundary points per step (module level: annotations)
 
 
 def main(argv=None) -> dict:
@@ -61,15 +63,13 @@ def main(argv=None) -> dict:
     except Unsupported as e:
         sys.exit(f"examples/pinn.py: {e}")
 
-    cfg = make_config("pinn")
-    model = PoissonPINN(cfg.hidden, args.laplacian, cfg.boundary_weight)
-    model.load_state_dict(init_weights(cfg))      # the harness's initial weights
-    n, m = cfg.batch, cfg.boundary
+    model = PoissonPINN(CFG.hidden, args.laplacian, CFG.boundary_weight)
+    model.load_state_dict(init_weights(CFG))      # the harness's initial weights
 
-    def loss_fn(model, xi: lt.Tensor[n, 2], f: lt.Tensor[n, 1], xb: lt.Tensor[m, 2], g: lt.Tensor[m, 1]):
+    def loss_fn(model, xi: lt.Tensor[N, 2], f: lt.Tensor[N, 1], xb: lt.Tensor[M, 2], g: lt.Tensor[M, 1]):
         return model(xi, f, xb, g)
 
-    step = lt.train_step(model, loss_fn, lt.optim.Adam(model.parameters(), lr=cfg.lr))
+    step = lt.train_step(model, loss_fn, lt.optim.Adam(model.parameters(), lr=CFG.lr))
     grid = poisson_grid(GRID)
 
     @lt.compile
@@ -88,7 +88,7 @@ def main(argv=None) -> dict:
     bar = tqdm(range(args.steps), desc="pinn", unit="step", dynamic_ncols=True)
     t_train = 0.0
     for k in bar:
-        batch = poisson_batch(k, n, m)
+        batch = poisson_batch(k, N, M)
         t1 = time.perf_counter()
         losses.append(step(*batch))
         t_train += time.perf_counter() - t1
