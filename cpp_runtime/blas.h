@@ -1,6 +1,7 @@
 // Thin wrappers over scipy-openblas32's CBLAS: row-major, transpose flags
 // instead of transposed copies, beta = 1 to accumulate into a gradient.
 #pragma once
+#include <initializer_list>
 #include <cblas.h>
 
 #include <cstring>
@@ -12,6 +13,34 @@ namespace lt {
 inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float* C, float beta) {
   scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f,
                     A, ta ? M : K, B, tb ? K : N, beta, C, N);
+}
+
+// One gemm per element of a (broadcast) batch: matrix t of A, B and C starts
+// at sum_d idx_d * stride_d over the batch dimensions `dims` (stride 0: a
+// broadcast operand, or - for C - a sum over that dimension, with beta = 1).
+inline void batched_gemm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float* C,
+                         float beta, std::initializer_list<long> dims, std::initializer_list<long> sa,
+                         std::initializer_list<long> sb, std::initializer_list<long> sc) {
+  const int nd = static_cast<int>(dims.size());
+  const long* dim = dims.begin();
+  const long *as = sa.begin(), *bs = sb.begin(), *cs = sc.begin();
+  long idx[16] = {0};
+  long total = 1;
+  for (int d = 0; d < nd; ++d) total *= dim[d];
+  long oa = 0, ob = 0, oc = 0;
+  for (long t = 0; t < total; ++t) {
+    gemm(ta, tb, M, N, K, A + oa, B + ob, C + oc, beta);
+    for (int d = nd - 1; d >= 0; --d) {
+      oa += as[d];
+      ob += bs[d];
+      oc += cs[d];
+      if (++idx[d] < dim[d]) break;
+      oa -= as[d] * dim[d];
+      ob -= bs[d] * dim[d];
+      oc -= cs[d] * dim[d];
+      idx[d] = 0;
+    }
+  }
 }
 
 // y = op(A) x + beta y, A is [M,N]; op(A) = A^T when `trans`.

@@ -37,6 +37,41 @@ inline void reduce_max(const T* x, U* out, long outer, long n, long inner) {
   }
 }
 
+// The minimum, as reduce_max (NaN wins, as in numpy).
+template <class T, class U>
+inline void reduce_min(const T* x, U* out, long outer, long n, long inner) {
+  for (long o = 0; o < outer; ++o) {
+    U* dst = out + o * inner;
+    const T* src = x + o * n * inner;
+    for (long j = 0; j < inner; ++j) dst[j] = src[j];
+    for (long i = 1; i < n; ++i)
+      for (long j = 0; j < inner; ++j) {
+        U v = src[i * inner + j];
+        if (v < dst[j] || v != v) dst[j] = v;
+      }
+  }
+}
+
+// The index of the first maximum along the middle axis (the first NaN, if
+// any, as numpy.argmax).
+template <class T>
+inline void reduce_argmax(const T* x, int32_t* out, long outer, long n, long inner) {
+  for (long o = 0; o < outer; ++o)
+    for (long j = 0; j < inner; ++j) {
+      const T* src = x + o * n * inner + j;
+      T best = src[0];
+      int32_t at = 0;
+      for (long i = 1; i < n && best == best; ++i) {
+        T v = src[i * inner];
+        if (v > best || v != v) {
+          best = v;
+          at = static_cast<int32_t>(i);
+        }
+      }
+      out[o * inner + j] = at;
+    }
+}
+
 // y = softmax(x) or log_softmax(x) along the middle axis.
 template <bool Log>
 inline void softmax_any(const float* x, float* y, long outer, long n, long inner) {

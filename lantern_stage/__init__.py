@@ -7,8 +7,8 @@ and OpenBLAS), compiles it with g++ and loads it through cffi.
 __version__ = "0.1.0"
 
 from .api import *  # noqa: F401,F403
-from .api import abs, max, sum  # noqa: F401,A004 - numpy's names, shadowing on purpose
-from .autodiff import grad, value_and_grad  # noqa: F401
+from .api import abs, max, min, sum  # noqa: F401,A004 - numpy's names, shadowing on purpose
+from .autodiff import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp  # noqa: F401
 from .build import CompileError  # noqa: F401
 from .compile import CompiledFunction, compile  # noqa: F401,A004
 from .generator import Generator, default_generator, manual_seed  # noqa: F401

@@ -85,6 +85,29 @@ def max(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
     return _reduce(reduce.max_axis, x, axis, keepdims)
 
 
+def min(x, axis=None, keepdims=False):  # noqa: A001 - numpy's name
+    """numpy's min / torch.amin: elements equal to the minimum share its gradient."""
+    return _reduce(reduce.min_axis, x, axis, keepdims)
+
+
+def argmax(x, axis=None, keepdims=False):
+    """numpy's argmax: int32 indices of the first maximum along `axis` (of the
+    flattened tensor for axis=None); no gradient."""
+    x = as_rep(x)
+    if not x.shape:
+        raise staging_error("argmax of a 0-d tensor")
+    if axis is None:
+        if not keepdims:
+            return reduce.argmax_axis(reshape(x, (x.size,)), axis=0, keepdims=False)
+        # a 1-element buffer (a 0-d int is held by value and cannot be re-viewed)
+        return reshape(reduce.argmax_axis(reshape(x, (1, x.size)), axis=1, keepdims=False), (1,) * len(x.shape))
+    if not isinstance(axis, int):
+        raise staging_error(f"argmax: axis must be an int or None, got {axis!r}")
+    if not -len(x.shape) <= axis < len(x.shape):
+        raise staging_error(f"argmax: axis {axis} out of range for a tensor of shape {x.shape}")
+    return reduce.argmax_axis(x, axis=axis % len(x.shape), keepdims=keepdims)
+
+
 def mean(x, axis=None, keepdims=False):
     x = as_rep(x)
     count = prod(x.shape[a] for a in _axes(x, axis, "mean"))
@@ -341,6 +364,8 @@ def _install_operators():
     Rep.sum = lambda self, axis=None, keepdims=False: sum(self, axis, keepdims)
     Rep.mean = lambda self, axis=None, keepdims=False: mean(self, axis, keepdims)
     Rep.max = lambda self, axis=None, keepdims=False: max(self, axis, keepdims)
+    Rep.min = lambda self, axis=None, keepdims=False: min(self, axis, keepdims)
+    Rep.argmax = lambda self, axis=None, keepdims=False: argmax(self, axis, keepdims)
     for name, fn in [("exp", exp), ("log", log), ("tanh", tanh), ("sigmoid", sigmoid), ("relu", relu)]:
         setattr(Rep, name, (lambda f: lambda self: f(self))(fn))
     Rep.length = property(lambda self: shape.array_length(self))

@@ -3,7 +3,11 @@
 One mechanism serves all of them.  Operands and results are any nesting of
 tuples / lists / dicts of staged values: they are flattened to a list of
 leaves, each leaf travelling as its value and, while differentiating, its
-gradient buffer.  Under `value_and_grad` every construct reifies "the rest of
+gradient buffer (with that buffer's tangent buffers inside forward levels).
+Inside forward levels (`jvp`) a float leaf travels with its tangents as
+extra leaves (`expand` / `collapse`; a missing tangent is zeros), so
+tangents cross every construct as ordinary values - and get gradient
+buffers of their own when reverse mode runs over forward mode.  Under `value_and_grad` every construct reifies "the rest of
 the program" as a continuation `Lam` and each branch or call runs
 `forward; k(results); backward` (the paper's IF and FUN); loops are recursive
 functions (its LOOP).  Outside differentiation, `cond` and loops compile to
@@ -19,8 +23,8 @@ from __future__ import annotations
 import functools
 
 from . import ir
-from .ops.registry import Emitter, as_rep, staged_leaves
-from .staging import Rep, current, staging_error
+from .ops.registry import Emitter, as_rep, staged_leaves, touch
+from .staging import Acc, Rep, current, staging_error
 from .tree import TreeDef, tree_flatten, tree_unflatten
 from .types import TensorType
 
@@ -42,20 +46,79 @@ def _describe(tree: TreeDef, types) -> str:
     return str(tree_unflatten(tree, [str(t) for t in types])).replace("'", "")
 
 
-def _params(b, types, grad: bool, prefix: str) -> tuple[list[ir.Var], list[tuple[ir.Var, ir.Var | None]]]:
-    """Parameter vars for flattened values: a value var, and a gradient var for
-    float tensors while differentiating."""
+def expand(b, reps: list[Rep], levels=None) -> list[Rep]:
+    """Float leaves followed by their tangents at every open forward level
+    (recursively: a tangent at level i has tangents below i)."""
+    levels = list(b.jvp_levels if levels is None else levels)
+    out = []
+    for r in reps:
+        out.extend(_expand_one(r, levels))
+    return out
+
+
+def _expand_one(r: Rep, levels) -> list[Rep]:
+    if not levels or not _is_float(r.type):
+        return [r]
+    t = r.tangents.get(levels[-1])
+    if t is None:
+        from .ops.shape import full
+
+        t = full(shape=r.shape, value=0.0, dtype="float32")
+    return _expand_one(r, levels[:-1]) + _expand_one(t, levels[:-1])
+
+
+def expand_types(types, levels) -> list:
+    out = []
+    for t in types:
+        out.extend(_expand_type(t, list(levels)))
+    return out
+
+
+def _expand_type(t, levels):
+    if not levels or not _is_float(t):
+        return [t]
+    return _expand_type(t, levels[:-1]) * 2
+
+
+def collapse(flat: list[Rep], types, levels) -> list[Rep]:
+    """The inverse of `expand`: one Rep per type, with its tangents."""
+    it = iter(flat)
+    levels = list(levels)
+
+    def take(t, lv):
+        if not lv or not _is_float(t):
+            return next(it)
+        p = take(t, lv[:-1])
+        tan = take(t, lv[:-1])
+        return Rep(p.var, p.block, p.grad, {**p.tangents, lv[-1]: tan})
+
+    return [take(t, levels) for t in types]
+
+
+def _is_float(t) -> bool:
+    return isinstance(t, TensorType) and t.is_float
+
+
+def _params(b, types, grad: bool, prefix: str) -> tuple[list[ir.Var], list[tuple[ir.Var, Acc | None]]]:
+    """Parameter vars for flattened values: a value var, and a gradient
+    buffer (with its tangent buffers) for float tensors while differentiating."""
     flat, pairs = [], []
     for t in types:
         v = b.new_var(t, prefix)
-        g = None
+        acc = None
         if grad and t.is_float:
-            g = ir.Var("d_" + v.name, t, "buf")
+            acc = _param_acc(b, "d_" + v.name, t, b.rev, list(b.rev.jvp_levels))
         flat.append(v)
-        if g is not None:
-            flat.append(g)
-        pairs.append((v, g))
+        if acc is not None:
+            flat.extend(acc.flat())
+        pairs.append((v, acc))
     return flat, pairs
+
+
+def _param_acc(b, name, t, level, levels) -> Acc:
+    var = ir.Var(name, t, "buf")
+    tangents = {lv: _param_acc(b, b.fresh("t" + name + "_"), t, level, levels[:i]) for i, lv in enumerate(levels)}
+    return Acc(var, level, tangents)
 
 
 def _args(b, reps: list[Rep], grad: bool) -> list[ir.Var]:
@@ -63,6 +126,7 @@ def _args(b, reps: list[Rep], grad: bool) -> list[ir.Var]:
     with no gradient gets a zeroed one, so every branch and call agrees."""
     em = Emitter(b, "pass values")
     out = []
+    rev = b.rev
     for r in reps:
         v = r.var
         if v.storage == "const":
@@ -70,8 +134,22 @@ def _args(b, reps: list[Rep], grad: bool) -> list[ir.Var]:
             em.map(v, "{0}", r.var)
         out.append(v)
         if grad and r.type.is_float:
-            out.append(r.grad if r.grad is not None else b.alloc(r.type, "nograd", zero=True))
+            acc = rev.lookup(r)
+            if acc is None:
+                if rev.tracked_outside(r):
+                    rev.reads[id(r)] = r  # an input of the whole value_and_grad (autodiff.py)
+                acc = b.new_acc(r.type, rev, "nograd")
+            elif acc.forbidden:
+                raise staging_error(acc.forbidden)
+            _touch_tree(acc)  # what the construct adds into it is not seen here
+            out.extend(acc.flat())
     return out
+
+
+def _touch_tree(acc: Acc) -> None:
+    touch(acc)
+    for t in acc.tangents.values():
+        _touch_tree(t)
 
 
 def _reps(pairs, block) -> list[Rep]:
@@ -126,12 +204,13 @@ def _cond_cps(b, pred, fns, operands):
 
     def tail_for(reps, tree):
         sig = (tree, _signature(reps))
+        flat = expand(b, reps)
         if "sig" not in state:
             state["sig"] = sig
-            lam.params, state["pairs"] = _params(b, sig[1], True, "r")
+            lam.params, state["pairs"] = _params(b, _signature(flat), True, "r")
         else:
             _check_same("cond", state["sig"], sig, ("true branch", "false branch"))
-        b.emit(ir.Jump(lam, _args(b, reps, True)))
+        b.emit(ir.Jump(lam, _args(b, flat, True)))
 
     traced = [_trace_branch(b, name, fn, operands, tail_for) for name, fn in zip(("then", "else"), fns)]
     if traced[0] is None and traced[1] is None:
@@ -140,8 +219,8 @@ def _cond_cps(b, pred, fns, operands):
     b.emit(ir.LamDef(lam))
     b.emit(ir.If(pred.var, blocks[0], blocks[1]))
     b.continue_in(lam.body)
-    tree, _ = state["sig"]
-    return tree_unflatten(tree, _reps(state["pairs"], lam.body))
+    tree, types = state["sig"]
+    return tree_unflatten(tree, collapse(_reps(state["pairs"], lam.body), types, b.jvp_levels))
 
 
 def _cond_direct(b, pred, fns, operands):
@@ -150,13 +229,14 @@ def _cond_direct(b, pred, fns, operands):
 
     def tail_for(reps, tree):
         sig = (tree, _signature(reps))
+        flat = expand(b, reps)
         if "sig" not in state:
             state["sig"] = sig
-            state["outs"] = [ir.Var(b.fresh("cond_out"), t, "buf") for t in sig[1]]
+            state["outs"] = [ir.Var(b.fresh("cond_out"), r.type, "buf") for r in flat]
         else:
             _check_same("cond", state["sig"], sig, ("true branch", "false branch"))
         em = Emitter(b, "cond result")
-        for out, r in zip(state["outs"], reps):
+        for out, r in zip(state["outs"], flat):
             em.map(out, "{0}", r.var)
 
     traced = [_trace_branch(b, name, fn, operands, tail_for) for name, fn in zip(("then", "else"), fns)]
@@ -166,8 +246,8 @@ def _cond_direct(b, pred, fns, operands):
     for out in state["outs"]:
         b.emit(ir.Alloc(out, False))
     b.emit(ir.If(pred.var, blocks[0], blocks[1]))
-    tree, _ = state["sig"]
-    return tree_unflatten(tree, [Rep(v, here) for v in state["outs"]])
+    tree, types = state["sig"]
+    return tree_unflatten(tree, collapse([Rep(v, here) for v in state["outs"]], types, b.jvp_levels))
 
 
 # ------------------------------------------------------------------ recursion
@@ -186,19 +266,22 @@ class RecursiveFunction:
         b = current()
         reps, arg_tree = _leaves(args, f"{self.fn.__name__} argument")
         types = _signature(reps)
-        key = (arg_tree, tuple(types), b.in_grad)
+        # A function staged for one reverse level and set of forward levels
+        # tracks exactly those: another needs its own definition.
+        key = (arg_tree, tuple(types), b.rev, tuple(b.jvp_levels))
         found = self._lookup(b, key)
         if found is None:
             if key in self._probing:
                 raise _Bottom()
             found = self._define(b, key, arg_tree, types)
         fun, (out_tree, out_types) = found
+        levels = b.jvp_levels
         lam = ir.Lam(b.fresh("k"), [], ir.Block(parent=b.block, label="continuation"))
-        lam.params, pairs = _params(b, out_types, b.in_grad, "r")
+        lam.params, pairs = _params(b, expand_types(out_types, levels), b.in_grad, "r")
         b.emit(ir.LamDef(lam))
-        b.emit(ir.Call(fun, _args(b, reps, b.in_grad), lam))
+        b.emit(ir.Call(fun, _args(b, expand(b, reps), b.in_grad), lam))
         b.continue_in(lam.body)
-        return tree_unflatten(out_tree, _reps(pairs, lam.body))
+        return tree_unflatten(out_tree, collapse(_reps(pairs, lam.body), out_types, levels))
 
     def _lookup(self, b, key):
         for block, fun, sig in self._defs.get(key, []):
@@ -216,8 +299,9 @@ class RecursiveFunction:
         self._probing.add(key)
         b.open_scope("type inference")
         try:
-            _, pairs = _params(b, types, b.in_grad, "a")
-            reps, tree = _leaves(self.fn(*tree_unflatten(arg_tree, _reps(pairs, b.block))), "result")
+            _, pairs = _params(b, expand_types(types, b.jvp_levels), b.in_grad, "a")
+            args = collapse(_reps(pairs, b.block), types, b.jvp_levels)
+            reps, tree = _leaves(self.fn(*tree_unflatten(arg_tree, args)), "result")
             return tree, _signature(reps)
         except _Bottom:
             raise staging_error(
@@ -233,17 +317,19 @@ class RecursiveFunction:
         name = b.fresh(self.fn.__name__ + "_")
         here = b.block
         grad = b.in_grad
-        out_flat, _ = _params(b, sig[1], grad, "k_arg")
-        params, pairs = _params(b, types, grad, "a")
+        levels = b.jvp_levels
+        out_flat, _ = _params(b, expand_types(sig[1], levels), grad, "k_arg")
+        params, pairs = _params(b, expand_types(types, levels), grad, "a")
         depth = b.depth()
         body = b.open_scope(f"function {self.fn.__name__}")
         fun = ir.Fun(name, params, ir.KParam(b.fresh("k"), out_flat), body)
         self._defs.setdefault(key, []).append((here, fun, sig))
         try:
-            reps, tree = _leaves(self.fn(*tree_unflatten(arg_tree, _reps(pairs, body))), "result")
+            args = collapse(_reps(pairs, body), types, levels)
+            reps, tree = _leaves(self.fn(*tree_unflatten(arg_tree, args)), "result")
             _check_same(f"recursive function {self.fn.__name__}", sig, (tree, _signature(reps)),
                         ("declared or inferred result", "body"))
-            b.close_scope(lambda: b.emit(ir.Jump(fun.k, _args(b, reps, grad))))
+            b.close_scope(lambda: b.emit(ir.Jump(fun.k, _args(b, expand(b, reps), grad))))
         except BaseException:
             b.unwind_to(depth)
             self._defs[key].pop()
@@ -321,11 +407,12 @@ def _direct_loop(b, tree, reps, cond_fn, body_fn, what, counter):
     here = b.block
     em = Emitter(b, f"{what} carry")
     carry_vars = []
-    for r in reps:
+    types = _signature(reps)
+    for r in expand(b, reps):
         v = _mutable(b, r.type, "carry")
         em.map(v, "{0}", r.var)
         carry_vars.append(v)
-    carry = tree_unflatten(tree, [Rep(v, here) for v in carry_vars])
+    carry = tree_unflatten(tree, collapse([Rep(v, here) for v in carry_vars], types, b.jvp_levels))
 
     depth = b.depth()
     head = b.open_scope(f"{what} test", parent=here)
@@ -347,6 +434,7 @@ def _direct_loop(b, tree, reps, cond_fn, body_fn, what, counter):
 
         def tail():
             new_reps, _ = _leaves(new, f"{what} carry")
+            new_reps = expand(b, new_reps)
             em = Emitter(b, f"{what} next carry")
             # Values computed before this iteration's body (an unchanged or
             # swapped carry, or a view of one) go through a temporary so no

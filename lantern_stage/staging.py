@@ -44,7 +44,69 @@ def staging_error(message: str) -> StagingError:
 @dataclass
 class Scope:
     blocks: list
-    grad: bool
+    rev: "RevLevel | None"  # the reverse level whose ops this scope tracks
+
+
+class RevLevel:
+    """One `value_and_grad` being staged (a reverse-mode level).
+
+    `jvp_levels`: the forward levels open around it - its gradient buffers
+    carry a tangent buffer per such level (forward-over-reverse).  `extra`:
+    Reps outside the function that this level differentiates too, keyed by
+    identity (the recomputation of an inner grad by an outer one, see
+    autodiff.py).  `reads`: Reps tracked by an enclosing level that the
+    function read - what an enclosing reverse level must treat as inputs
+    of this whole `value_and_grad` call."""
+
+    def __init__(self, parent: "RevLevel | None", jvp_levels: tuple):
+        self.parent = parent
+        self.jvp_levels = jvp_levels
+        self.extra: dict[int, "Acc"] = {}
+        self.reads: dict[int, "Rep"] = {}
+
+    def lookup(self, rep: "Rep") -> "Acc | None":
+        g = rep.grad
+        if g is not None and g.level is self:
+            return g
+        return self.extra.get(id(rep))
+
+    def tracked_outside(self, rep: "Rep") -> bool:
+        p = self.parent
+        while p is not None:
+            if p.lookup(rep) is not None:
+                return True
+            p = p.parent
+        return rep.grad is not None and rep.grad.level is not self
+
+
+class JvpLevel:
+    """One `jvp` being staged (a forward-mode level); Reps map it to their tangent."""
+
+    def __repr__(self):
+        return f"JvpLevel@{id(self):x}"
+
+
+class Acc:
+    """A gradient buffer of one reverse level: `var` is accumulated into by
+    the backward code, `tangents[level]` is its own tangent buffer per
+    forward level open around that reverse level (the tangent of a
+    gradient, for Hessian-vector products).  `touched`: something may have
+    added into it (an accumulation, or its passing into control flow) -
+    an untouched buffer is known to be zero at staging time."""
+
+    def __init__(self, var, level, tangents=None):
+        self.var = var
+        self.level = level
+        self.tangents: dict = tangents or {}
+        self.touched = False
+        self.forbidden: str | None = None
+
+    def flat(self) -> list:
+        """Every buffer of the tree, in a canonical order (see `acc_levels`)."""
+        out = [self.var]
+        for t in self.tangents.values():  # inserted in level order
+            out.extend(t.flat())
+        return out
 
 
 class Builder:
@@ -52,7 +114,9 @@ class Builder:
         self._counter = 0
         root = ir.Block(label="entry")
         self.root = root
-        self.scopes: list[Scope] = [Scope([root], grad=False)]
+        self.scopes: list[Scope] = [Scope([root], None)]
+        # Forward-mode levels open right now, outermost first.
+        self.jvp_levels: list[JvpLevel] = []
         # Arrays the staged code reads or updates in place without their being
         # arguments: numpy arrays and objects with `lantern_array()` (model
         # parameters, optimizer state).  Passed by pointer on every call.
@@ -102,7 +166,26 @@ class Builder:
 
     @property
     def in_grad(self) -> bool:
-        return self.scopes[-1].grad
+        return self.scopes[-1].rev is not None
+
+    @property
+    def rev(self) -> "RevLevel | None":
+        return self.scopes[-1].rev
+
+    def grad_of(self, rep: "Rep") -> "Acc | None":
+        """The gradient buffer of `rep` at the reverse level being staged."""
+        rev = self.rev
+        return None if rev is None else rev.lookup(rep)
+
+    def new_acc(self, type_, level: "RevLevel", prefix: str, levels=None) -> Acc:
+        """A zeroed gradient buffer with a zeroed tangent buffer per forward
+        level of `level` (the tangent at level i has tangents below i)."""
+        levels = list(level.jvp_levels) if levels is None else levels
+        var = self.alloc(type_, prefix, zero=True)
+        tangents = {}
+        for i, lv in enumerate(levels):
+            tangents[lv] = self.new_acc(type_, level, "t" + prefix, levels[:i])
+        return Acc(var, level, tangents)
 
     def emit(self, stmt: ir.Stmt) -> None:
         self.block.stmts.append(stmt)
@@ -110,9 +193,10 @@ class Builder:
     def push_backward(self, emitter) -> None:
         self.block.pending.append(emitter)
 
-    def open_scope(self, label: str, grad: bool | None = None, parent: ir.Block | None = None) -> ir.Block:
+    def open_scope(self, label: str, rev=..., parent: ir.Block | None = None) -> ir.Block:
+        """A new scope; `rev`: the reverse level it tracks (default: the current one)."""
         block = ir.Block(parent=parent or self.block, label=label)
-        self.scopes.append(Scope([block], self.in_grad if grad is None else grad))
+        self.scopes.append(Scope([block], self.rev if rev is ... else rev))
         return block
 
     def continue_in(self, block: ir.Block) -> None:
@@ -126,7 +210,9 @@ class Builder:
         if tail is not None:
             tail()
         for block in reversed(scope.blocks):
-            self.scopes.append(Scope([block], False))
+            # Backward rules are staged with no reverse level: an enclosing
+            # one sees a whole inner value_and_grad as one op (autodiff.py).
+            self.scopes.append(Scope([block], None))
             try:
                 while block.pending:
                     block.pending.pop()()
@@ -187,15 +273,18 @@ class staging_context:
 # ------------------------------------------------------------------ Rep
 class Rep:
     """A staged value ("Rep[Tensor]"): stands for a C++ buffer or scalar of a
-    static type.  `grad` is its gradient buffer while a `value_and_grad` is
-    being staged and the value depends on a differentiated argument."""
+    static type.  `grad` is its gradient buffer (an `Acc` of one reverse
+    level) while a `value_and_grad` is being staged and the value depends on
+    a differentiated argument; `tangents` maps each forward level (`jvp`)
+    it depends on to its tangent, itself a Rep."""
 
     __array_priority__ = 1000  # numpy defers `ndarray op Rep` to Rep
 
-    def __init__(self, var: ir.Var, block: ir.Block | None, grad: ir.Var | None = None):
+    def __init__(self, var: ir.Var, block: ir.Block | None, grad: "Acc | None" = None, tangents=None):
         self.var = var
         self.block = block
         self.grad = grad
+        self.tangents: dict = dict(tangents) if tangents else {}
 
     # ---- static facts
     @property

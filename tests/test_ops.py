@@ -76,6 +76,14 @@ class NumpyRef:
         return np.max(x, axis=axis, keepdims=keepdims)
 
     @staticmethod
+    def min(x, axis=None, keepdims=False):
+        return np.min(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def argmax(x, axis=None, keepdims=False):
+        return np.argmax(x, axis=axis, keepdims=keepdims)
+
+    @staticmethod
     def transpose(x, axes=None):
         return np.transpose(x, axes)
 
@@ -171,6 +179,15 @@ class TorchRef:
     @staticmethod
     def max(x, axis=None, keepdims=False):
         return torch.amax(x, dim=TorchRef._dims(x, axis), keepdim=keepdims)
+
+    @staticmethod
+    def min(x, axis=None, keepdims=False):
+        return torch.amin(x, dim=TorchRef._dims(x, axis), keepdim=keepdims)
+
+    @staticmethod
+    def argmax(x, axis=None, keepdims=False):
+        out = torch.argmax(x, dim=axis, keepdim=keepdims)
+        return out.reshape((1,) * x.dim()) if axis is None and keepdims else out
 
     @staticmethod
     def transpose(x, axes=None):
@@ -369,6 +386,15 @@ CASES = [
     C("matmul/column-sliced operand", lambda m, a, b: a[:, 1:3] @ b, F(4, 3), F(2, 5)),
     C("matmul/same input twice", lambda m, a: a @ a.T, F(3, 4)),
     C("matmul/1x1 inner", lambda m, a, b: a @ b, F(3, 1), F(1, 2)),
+    # numpy batching: leading batch dimensions, broadcast, strided sgemm per batch element
+    C("matmul/batched 4-D @ 4-D", lambda m, a, b: a @ b, F(2, 3, 4, 5), F(2, 3, 5, 4)),
+    C("matmul/batched 3-D @ 3-D", lambda m, a, b: a @ b, F(2, 3, 4), F(2, 4, 3)),
+    C("matmul/2-D @ batched 3-D", lambda m, a, b: a @ b, F(3, 4), F(2, 4, 5)),
+    C("matmul/batch dims broadcast", lambda m, a, b: a @ b, F(2, 1, 3, 4), F(3, 4, 2)),
+    C("matmul/1-D @ batched 3-D", lambda m, a, b: a @ b, F(4), F(2, 4, 3)),
+    C("matmul/batched 3-D @ 1-D", lambda m, a, b: a @ b, F(2, 3, 4), F(4)),
+    C("matmul/attention scores", lambda m, q, k: m.softmax(q @ m.transpose(k, (0, 1, 3, 2)), -1) @ k,
+      F(2, 2, 3, 4), F(2, 2, 3, 4)),
     # transpose and reshape
     C("T/2-D", lambda m, a: a.T, F(3, 4)),
     C("T/then broadcast", lambda m, a, b: a.T + b, F(3, 4), F(3)),
@@ -445,6 +471,17 @@ CASES = [
     C("max/ties share the gradient", lambda m, a: m.max(a, axis=-1), TIED_MAX(3, 4)),
     C("max/ties in the whole tensor", lambda m, a: m.max(a), TIED_MAX(2, 5)),
     C("max/ints", lambda m, a: m.max(a, axis=0), I(3, 4, high=9)),
+    C("min/all", lambda m, a: m.min(a), F(2, 3, 4)),
+    C("min/axis 1", lambda m, a: m.min(a, axis=1), F(2, 3, 4)),
+    C("min/axis -1 keepdims", lambda m, a: m.min(a, axis=-1, keepdims=True), F(3, 5)),
+    C("min/ties share the gradient", lambda m, a: m.min(-a, axis=-1), TIED_MAX(3, 4)),
+    C("min/ints", lambda m, a: m.min(a, axis=1), I(3, 4, high=9)),
+    C("argmax/all", lambda m, a: m.argmax(a), F(3, 4)),
+    C("argmax/axis 0", lambda m, a: m.argmax(a, axis=0), F(3, 4)),
+    C("argmax/axis -1 keepdims", lambda m, a: m.argmax(a, axis=-1, keepdims=True), F(2, 3, 4)),
+    C("argmax/first of ties", lambda m, a: m.argmax(a, axis=1), TIES(4, 6)),
+    C("argmax/ints", lambda m, a: m.argmax(a, axis=1), I(3, 5, high=3)),
+    C("argmax/keepdims all", lambda m, a: m.argmax(a, keepdims=True), F(3, 4)),
     C("sum/of a mask", lambda m, a: m.sum(a > 0.0), F(3, 4)),
     C("sum/of a mask along an axis", lambda m, a: m.sum(a > 0.0, axis=1), F(3, 4)),
     C("sum/ints", lambda m, a: m.sum(a), I(3, 4, high=9)),
@@ -483,7 +520,7 @@ CONTRACT_OPS = {
     "add", "sub", "mul", "div", "neg", "pow", "matmul", "T", "transpose", "reshape",
     "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs", "maximum", "minimum", "where",
     "less", "less_equal", "greater", "greater_equal", "equal", "not_equal",
-    "sum", "mean", "max", "index", "concat", "stack", "zeros", "ones", "full",
+    "sum", "mean", "max", "min", "argmax", "index", "concat", "stack", "zeros", "ones", "full",
     "log_softmax", "softmax", "nll_loss", "cross_entropy", "mse_loss",
 }
 

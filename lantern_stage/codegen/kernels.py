@@ -36,6 +36,17 @@ def _gemm(p: Prim) -> str:
             f"{ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {_beta(p)});")
 
 
+def _batched_gemm(p: Prim) -> str:
+    a = p.attrs
+
+    def lst(xs):
+        return "{" + ", ".join(str(int(x)) for x in xs) + "}"
+
+    return (f"lt::batched_gemm({cbool(a['ta'])}, {cbool(a['tb'])}, {a['M']}, {a['N']}, {a['K']}, "
+            f"{ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {_beta(p)}, "
+            f"{lst(a['batch'])}, {lst(a['sa'])}, {lst(a['sb'])}, {lst(a['so'])});")
+
+
 def _gemv(p: Prim) -> str:
     a = p.attrs
     return (f"lt::gemv({cbool(a['trans'])}, {a['M']}, {a['N']}, {ptr(p.ins[0])}, {ptr(p.ins[1])}, "
@@ -140,10 +151,13 @@ def _store_output(p: Prim) -> str:
 KERNELS = {
     "gemm": _gemm,
     "gemv": _gemv,
+    "batched_gemm": _batched_gemm,
     "ger": _ger,
     "dot": _dot,
     "reduce_sum": _layout_call("reduce_sum"),
     "reduce_max": _layout_call("reduce_max"),
+    "reduce_min": _layout_call("reduce_min"),
+    "reduce_argmax": _layout_call("reduce_argmax"),
     "softmax": _layout_call("softmax"),
     "log_softmax": _layout_call("log_softmax"),
     "softmax_backward": _layout_call("softmax_backward"),

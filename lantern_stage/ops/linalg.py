@@ -1,81 +1,281 @@
-"""Matrix products, lowered to OpenBLAS gemm / gemv / ger with transpose flags
-(never a transposed copy).  Backward of C = A @ B is the bilinear rule
-dA += dC @ B^T, dB += A^T @ dC."""
+"""Matrix products, lowered to OpenBLAS gemm / gemv / ger / dot with transpose
+flags (never a transposed copy).
+
+`matmul` and `linear` are compositions over four internal ops on operands
+folded to 2-D (a reshape is a free view):
+  mm(a, b)     C[M,N] = op(A) op(B)        gemm, ta / tb transpose flags
+  mv(a, x)     y = op(A) x                 gemv
+  outer(a, b)  C[M,N] = a b^T              ger (adds into a zeroed buffer)
+  dot(a, b)    s = a . b
+Their derivative rules are bilinear, in the same four ops: for C = A B,
+dA = dC B^T and dB = A^T dC are `mm`s with flipped flags, and the JVP is
+mm(tA, B) + mm(A, tB).  `fold_accumulations` then turns `t = gemm(...);
+dA += t` into `gemm(..., beta = 1)` into dA, today's backward code.
+"""
 from __future__ import annotations
 
 from .registry import ShapeError, TensorType, defop
 
 
-def _matmul_type(a, b):
+def _size(t) -> int:
+    n = 1
+    for d in t.shape:
+        n *= d
+    return n
+
+
+def _need(cond, msg):
+    if not cond:
+        raise ShapeError(msg)
+
+
+# ---------------------------------------------------------------- mm
+def _mm_type(a, b, *, M, N, K, ta, tb):
+    _need(a.dtype == "float32" and b.dtype == "float32", f"needs float32 operands, got {a} and {b}")
+    _need(_size(a) == M * K and _size(b) == K * N, f"internal: {a}, {b} do not fold to {M}x{K} @ {K}x{N}")
+    return TensorType((M, N))
+
+
+def _mm_forward(em, out, a, b, *, M, N, K, ta, tb):
+    em.prim("gemm", [out], [a, b], M=M, N=N, K=K, ta=ta, tb=tb)
+
+
+def _add(x, y):
+    from .elementwise import add
+
+    if x is None:
+        return y
+    return x if y is None else add(x, y)
+
+
+def _mm_jvp(out, ins, tans, **at):
+    a, b = ins
+    return _add(None if tans[0] is None else mm(tans[0], b, **at), None if tans[1] is None else mm(a, tans[1], **at))
+
+
+def _as(x, like):
+    from .shape import reshape
+
+    return x if x.shape == like.shape else reshape(x, shape=like.shape)
+
+
+def _mm_vjp(g, out, ins, needs, *, M, N, K, ta, tb):
+    a, b = ins
+    da = db = None
+    if needs[0]:
+        if not ta:  # dA[M,K] = g[M,N] op(B)^T
+            da = mm(g, b, M=M, N=K, K=N, ta=False, tb=not tb)
+        else:  # A is [K,M]: dA = op(B) g^T
+            da = mm(b, g, M=K, N=M, K=N, ta=tb, tb=True)
+        da = _as(da, a)
+    if needs[1]:
+        if not tb:  # dB[K,N] = op(A)^T g
+            db = mm(a, g, M=K, N=N, K=M, ta=not ta, tb=False)
+        else:  # B is [N,K]: dB = g^T op(A)
+            db = mm(g, a, M=N, N=K, K=M, ta=True, tb=ta)
+        db = _as(db, b)
+    return [da, db]
+
+
+mm = defop("mm", _mm_type, _mm_forward, jvp=_mm_jvp, vjp=_mm_vjp)
+
+
+# ---------------------------------------------------------------- mv
+def _mv_type(a, x, *, M, N, trans):
+    _need(a.dtype == "float32" and x.dtype == "float32", f"needs float32 operands, got {a} and {x}")
+    _need(_size(a) == M * N and _size(x) == (M if trans else N), f"internal: bad gemv operands {a}, {x}")
+    return TensorType((N if trans else M,))
+
+
+def _mv_forward(em, out, a, x, *, M, N, trans):
+    em.prim("gemv", [out], [a, x], M=M, N=N, trans=trans)
+
+
+def _mv_jvp(out, ins, tans, **at):
+    a, x = ins
+    return _add(None if tans[0] is None else mv(tans[0], x, **at), None if tans[1] is None else mv(a, tans[1], **at))
+
+
+def _mv_vjp(g, out, ins, needs, *, M, N, trans):
+    a, x = ins
+    da = dx = None
+    if needs[0]:  # y = A x: dA = g x^T; y = A^T x: dA = x g^T
+        da = _as(outer(g, x, M=M, N=N) if not trans else outer(x, g, M=M, N=N), a)
+    if needs[1]:
+        dx = _as(mv(a, g, M=M, N=N, trans=not trans), x)
+    return [da, dx]
+
+
+mv = defop("mv", _mv_type, _mv_forward, jvp=_mv_jvp, vjp=_mv_vjp)
+
+
+# ---------------------------------------------------------------- outer
+def _outer_type(a, b, *, M, N):
+    _need(_size(a) == M and _size(b) == N, f"internal: bad outer operands {a}, {b}")
+    return TensorType((M, N))
+
+
+def _outer_forward(em, out, a, b, *, M, N):
+    em.prim("ger", [out], [a, b], M=M, N=N, acc=True)  # into a zeroed output
+
+
+def _outer_jvp(out, ins, tans, **at):
+    a, b = ins
+    return _add(None if tans[0] is None else outer(tans[0], b, **at),
+                None if tans[1] is None else outer(a, tans[1], **at))
+
+
+def _outer_vjp(g, out, ins, needs, *, M, N):
+    a, b = ins
+    return [_as(mv(g, b, M=M, N=N, trans=False), a) if needs[0] else None,
+            _as(mv(g, a, M=M, N=N, trans=True), b) if needs[1] else None]
+
+
+outer = defop("outer", _outer_type, _outer_forward, jvp=_outer_jvp, vjp=_outer_vjp, zeroed_output=True)
+
+
+# ---------------------------------------------------------------- dot
+def _dot_type(a, b, *, N):
+    _need(_size(a) == N and _size(b) == N, f"internal: bad dot operands {a}, {b}")
+    return TensorType(())
+
+
+def _dot_forward(em, out, a, b, *, N):
+    em.prim("dot", [out], [a, b], N=N)
+
+
+def _dot_jvp(out, ins, tans, **at):
+    a, b = ins
+    return _add(None if tans[0] is None else dot(tans[0], b, **at), None if tans[1] is None else dot(a, tans[1], **at))
+
+
+def _dot_vjp(g, out, ins, needs, *, N):
+    from .elementwise import mul
+
+    a, b = ins
+    return [mul(g, b) if needs[0] else None, mul(g, a) if needs[1] else None]
+
+
+dot = defop("dot", _dot_type, _dot_forward, jvp=_dot_jvp, vjp=_dot_vjp)
+
+
+# ---------------------------------------------------------------- bmm
+# C[t] = op(A[t]) op(B[t]) over a batch: element t = (i_1, ..., i_d) of
+# `batch` has its matrices at sum i_k * s_k in A, B and C (strides `sa`,
+# `sb`, `so`).  A zero stride in A or B broadcasts it; a zero stride in C
+# sums over that batch dimension (the cotangent of a broadcast operand), in
+# which case the op adds into a zeroed output.  One strided sgemm per batch
+# element, never a copy.
+def _bmm_type(a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):
+    _need(a.dtype == "float32" and b.dtype == "float32", f"needs float32 operands, got {a} and {b}")
+    return TensorType(tuple(out_shape))
+
+
+def _bmm_forward(em, out, a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):
+    em.prim("batched_gemm", [out], [a, b], acc=0 in so, M=M, N=N, K=K, ta=ta, tb=tb,
+            batch=tuple(batch), sa=tuple(sa), sb=tuple(sb), so=tuple(so))
+
+
+def _bmm_jvp(out, ins, tans, **at):
+    a, b = ins
+    return _add(None if tans[0] is None else bmm(tans[0], b, **at), None if tans[1] is None else bmm(a, tans[1], **at))
+
+
+def _bmm_vjp(g, out, ins, needs, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):
+    a, b = ins
+    da = db = None
+    common = dict(batch=batch)
+    if needs[0]:
+        if not ta:
+            da = bmm(g, b, out_shape=a.shape, sa=so, sb=sb, so=sa, M=M, N=K, K=N, ta=False, tb=not tb, **common)
+        else:
+            da = bmm(b, g, out_shape=a.shape, sa=sb, sb=so, so=sa, M=K, N=M, K=N, ta=tb, tb=True, **common)
+    if needs[1]:
+        if not tb:
+            db = bmm(a, g, out_shape=b.shape, sa=sa, sb=so, so=sb, M=K, N=N, K=M, ta=not ta, tb=False, **common)
+        else:
+            db = bmm(g, a, out_shape=b.shape, sa=so, sb=sa, so=sb, M=N, N=K, K=M, ta=True, tb=ta, **common)
+    return [da, db]
+
+
+bmm = defop("bmm", _bmm_type, _bmm_forward, jvp=_bmm_jvp, vjp=_bmm_vjp,
+            zeroed_output=lambda attrs: 0 in attrs["so"])
+
+
+# ---------------------------------------------------------------- matmul
+def matmul_type(a, b):
+    """numpy's matmul shape rule: 1-D operands are promoted (and the added
+    dimension removed again), leading batch dimensions broadcast."""
     if a.dtype != "float32" or b.dtype != "float32":
         raise ShapeError(f"matmul needs float32 operands, got {a} and {b}")
     sa, sb = a.shape, b.shape
-    if len(sb) == 2 and len(sa) in (2, 3):
-        if sa[-1] != sb[0]:
-            raise ShapeError(f"inner dimensions differ: {a} @ {b}")
-        return TensorType(sa[:-1] + (sb[1],))
-    if len(sa) == 2 and len(sb) == 1:
-        if sa[1] != sb[0]:
-            raise ShapeError(f"inner dimensions differ: {a} @ {b}")
-        return TensorType((sa[0],))
-    if len(sa) == 1 and len(sb) == 2:
-        if sa[0] != sb[0]:
-            raise ShapeError(f"inner dimensions differ: {a} @ {b}")
-        return TensorType((sb[1],))
-    if len(sa) == 1 and len(sb) == 1:
-        if sa[0] != sb[0]:
-            raise ShapeError(f"lengths differ: {a} @ {b}")
-        return TensorType(())
-    raise ShapeError(f"unsupported operand ranks {a} @ {b} (2-D/1-D, or 3-D @ 2-D)")
+    if not sa or not sb:
+        raise ShapeError(f"matmul of a 0-d operand: {a} @ {b} (use *)")
+    pa = (1,) + sa if len(sa) == 1 else sa
+    pb = sb + (1,) if len(sb) == 1 else sb
+    if pa[-1] != pb[-2]:
+        raise ShapeError(f"inner dimensions differ: {a} @ {b}")
+    from .registry import broadcast_shapes
+
+    try:
+        batch = broadcast_shapes(pa[:-2], pb[:-2])
+    except ShapeError:
+        raise ShapeError(f"batch dimensions {pa[:-2]} and {pb[:-2]} do not broadcast: {a} @ {b}") from None
+    out = batch + (pa[-2], pb[-1])
+    if len(sb) == 1:
+        out = out[:-1]
+    if len(sa) == 1:
+        out = out[:-2] + out[-1:] if len(sb) != 1 else out[:-1]
+    return TensorType(out)
 
 
-def _mk(a, b):
-    """(M, K, N) of the product, batch dimensions of a 3-D `a` folded into M."""
-    if len(a.shape) == 1 and len(b.shape) == 2:
-        return 1, a.shape[0], b.shape[1]
-    if len(b.shape) == 1:
-        m = a.shape[0] if len(a.shape) == 2 else 1
-        return m, b.shape[0], 1
-    m = a.size // a.shape[-1]
-    return m, a.shape[-1], b.shape[1]
+def _batch_strides(shape, batch, matrix):
+    """Element strides of each batch dimension of a contiguous operand of
+    `shape` (its leading dims right-aligned with `batch`), 0 where it broadcasts."""
+    own = shape[:-2]
+    strides = []
+    step = matrix
+    inner = []
+    for n in reversed(own):
+        inner.append(step)
+        step *= n
+    inner = list(reversed(inner))
+    lead = len(batch) - len(own)
+    for d, n in enumerate(batch):
+        k = d - lead
+        strides.append(0 if k < 0 or own[k] == 1 else inner[k])
+    return tuple(strides)
 
 
-def _matmul_forward(em, out, a, b):
-    m, k, n = _mk(a, b)
-    if len(a.shape) >= 2 and len(b.shape) == 1:
-        em.prim("gemv", [out], [a, b], M=m, N=k, trans=False)
-    elif len(a.shape) == 1 and len(b.shape) == 2:
-        em.prim("gemv", [out], [b, a], M=k, N=n, trans=True)
-    elif len(a.shape) == 1:
-        em.prim("dot", [out], [a, b], N=k)
+def matmul(a, b):
+    """numpy's matmul, staged as one of the internal products: 2-D and
+    foldable batches (x[..., K] @ w[K, N]) as one gemm, matrix-vector as
+    gemv, and everything else as a strided batch of gemms (bmm)."""
+    from ..staging import staging_error
+    from .registry import as_rep
+    from .shape import reshape
+
+    a, b = as_rep(a), as_rep(b)
+    try:
+        out_type = matmul_type(a.type, b.type)
+    except ShapeError as e:
+        raise staging_error(f"matmul: {e}") from None
+    sa, sb = a.shape, b.shape
+    if len(sa) >= 2 and len(sb) == 1:  # batches of rows fold into one gemv
+        out = mv(a, b, M=a.size // sb[0], N=sb[0], trans=False)
+    elif len(sa) == 1 and len(sb) == 2:
+        out = mv(b, a, M=sb[0], N=sb[1], trans=True)
+    elif len(sa) == 1 and len(sb) == 1:
+        return dot(a, b, N=sa[0])
+    elif len(sb) == 2:  # [..., M, K] @ [K, N]: the batch folds into M
+        out = mm(a, b, M=a.size // sa[-1], N=sb[1], K=sa[-1], ta=False, tb=False)
     else:
-        em.prim("gemm", [out], [a, b], M=m, N=n, K=k, ta=False, tb=False)
-
-
-def _matmul_backward(em, out, dout, ins, dins):
-    a, b = ins
-    da, db = dins
-    m, k, n = _mk(a, b)
-    if len(a.shape) >= 2 and len(b.shape) == 1:  # y[m] = A[m,k] x[k]
-        if da is not None:
-            em.prim("ger", [da], [dout, b], M=m, N=k, acc=True)
-        if db is not None:
-            em.prim("gemv", [db], [a, dout], M=m, N=k, trans=True, acc=True)
-    elif len(a.shape) == 1 and len(b.shape) == 2:  # y[n] = x[k] B[k,n]
-        if da is not None:
-            em.prim("gemv", [da], [b, dout], M=k, N=n, trans=False, acc=True)
-        if db is not None:
-            em.prim("ger", [db], [a, dout], M=k, N=n, acc=True)
-    elif len(a.shape) == 1:  # dot
-        if da is not None:
-            em.map(da, "{0} * {1}", dout, b, acc=True)
-        if db is not None:
-            em.map(db, "{0} * {1}", dout, a, acc=True)
-    else:
-        if da is not None:  # dA[m,k] += dC[m,n] B[k,n]^T
-            em.prim("gemm", [da], [dout, b], M=m, N=k, K=n, ta=False, tb=True, acc=True)
-        if db is not None:  # dB[k,n] += A[m,k]^T dC[m,n]
-            em.prim("gemm", [db], [a, dout], M=k, N=n, K=m, ta=True, tb=False, acc=True)
-
-
-matmul = defop("matmul", _matmul_type, _matmul_forward, _matmul_backward)
+        pa = (1,) + sa if len(sa) == 1 else sa
+        m, k, n = pa[-2], pa[-1], sb[-1]
+        batch = tuple(out_type.shape[:-2]) if len(sa) > 1 else tuple(out_type.shape[:-1])
+        full = batch + (m, n)
+        ga = reshape(a, shape=pa) if pa != sa else a
+        out = bmm(ga, b, out_shape=full, batch=batch, sa=_batch_strides(pa, batch, m * k),
+                  sb=_batch_strides(sb, batch, k * n), so=_batch_strides(full, batch, m * n),
+                  M=m, N=n, K=k, ta=False, tb=False)
+    return out if out.shape == out_type.shape else reshape(out, shape=out_type.shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from math import prod
 
 from ..staging import current, staging_error, user_location
-from .registry import Emitter, ShapeError, TensorType, as_rep, broadcast_shapes, defop, no_gradient
+from .registry import Emitter, ShapeError, TensorType, as_rep, broadcast_shapes, defop
 
 
 def _need_float(what: str, t: TensorType) -> None:
@@ -31,38 +31,26 @@ def _linear_type(x, w):
     return TensorType(x.shape[:-1] + (w.shape[0],))
 
 
-def _linear_dims(x, w):
+def linear(x, w):
+    """x @ w.T with PyTorch's [out, in] weight layout, as one gemm with a
+    transpose flag (`x @ w.T` over primitives would copy the transposed
+    weight every call); a single row is a gemv."""
+    from ..staging import staging_error
+    from .linalg import mm, mv
+    from .shape import reshape
+
+    x, w = as_rep(x), as_rep(w)
+    try:
+        out_type = _linear_type(x.type, w.type)
+    except ShapeError as e:
+        raise staging_error(f"linear: {e}") from None
     k = w.shape[1]
-    return x.size // k, w.shape[0], k  # M, N, K
-
-
-def _linear_forward(em, out, x, w):
-    m, n, k = _linear_dims(x, w)
+    m, n = x.size // k, w.shape[0]
     if m == 1:  # y[n] = w[n,k] x[k]
-        em.prim("gemv", [out], [w, x], M=n, N=k, trans=False)
+        y = mv(w, x, M=n, N=k, trans=False)
     else:
-        em.prim("gemm", [out], [x, w], M=m, N=n, K=k, ta=False, tb=True)
-
-
-def _linear_backward(em, out, dout, ins, dins):
-    x, w = ins
-    dx, dw = dins
-    m, n, k = _linear_dims(x, w)
-    if m == 1:
-        if dx is not None:  # dx[k] += w[n,k]^T dy[n]
-            em.prim("gemv", [dx], [w, dout], M=n, N=k, trans=True, acc=True)
-        if dw is not None:  # dw[n,k] += dy[n] x[k]^T
-            em.prim("ger", [dw], [dout, x], M=n, N=k, acc=True)
-        return
-    if dx is not None:  # dx[m,k] += dy[m,n] w[n,k]
-        em.prim("gemm", [dx], [dout, w], M=m, N=k, K=n, ta=False, tb=False, acc=True)
-    if dw is not None:  # dw[n,k] += dy[m,n]^T x[m,k]
-        em.prim("gemm", [dw], [dout, x], M=n, N=k, K=m, ta=True, tb=False, acc=True)
-
-
-# x @ w.T with PyTorch's [out, in] weight layout, as one gemm with a transpose
-# flag: `x @ w.T` over primitives would copy the transposed weight every call.
-linear = defop("linear", _linear_type, _linear_forward, _linear_backward)
+        y = mm(x, w, M=m, N=n, K=k, ta=False, tb=True)
+    return y if y.shape == out_type.shape else reshape(y, shape=out_type.shape)
 
 
 # ---------------------------------------------------------------- conv2d
@@ -96,18 +84,118 @@ def _conv2d_forward(em, out, x, w, *b, stride, padding):
     em.prim("conv2d", [out], [x, w, *b], **_conv2d_dims(x, w, stride, padding))
 
 
-def _conv2d_backward(em, out, dout, ins, dins, *, stride, padding):
+def _conv2d_jvp(out, ins, tans, *, stride, padding):
+    from .elementwise import add
+    from .shape import reshape
+
     x, w = ins[:2]
-    # The kernel takes nullptr for a gradient nobody needs: `grads` says
-    # which of dx, dw, db the outputs are.
-    present = [(name, d) for name, d in zip(("dx", "dw", "db"), dins) if d is not None]
-    if present:
-        em.prim("conv2d_backward", [d for _, d in present], [x, w, dout], acc=True,
-                grads=tuple(name for name, _ in present), **_conv2d_dims(x, w, stride, padding))
+    terms = []
+    if tans[0] is not None:
+        terms.append(conv2d(tans[0], w, stride=stride, padding=padding))
+    if tans[1] is not None:
+        terms.append(conv2d(x, tans[1], stride=stride, padding=padding))
+    if len(tans) > 2 and tans[2] is not None:
+        terms.append(reshape(tans[2], shape=(1, w.shape[0], 1, 1)))
+    out_t = terms[0]
+    for t in terms[1:]:
+        out_t = add(out_t, t)
+    return out_t
+
+
+def _conv2d_vjp(g, out, ins, needs, *, stride, padding):
+    x, w = ins[:2]
+    at = dict(stride=stride, padding=padding)
+    return [conv2d_dx(g, w, in_shape=x.shape, **at) if needs[0] else None,
+            conv2d_dw(x, g, w_shape=w.shape, **at) if needs[1] else None,
+            *([conv2d_db(g) if needs[2] else None] if len(ins) > 2 else [])]
 
 
 # NCHW, groups = 1: im2col + sgemm or direct AVX kernels (cpp_runtime/conv.h).
-conv2d = defop("conv2d", _conv2d_type, _conv2d_forward, _conv2d_backward)
+conv2d = defop("conv2d", _conv2d_type, _conv2d_forward, jvp=_conv2d_jvp, vjp=_conv2d_vjp)
+
+
+# Its backward kernels, as ops (each adds into a zeroed output).  conv2d is
+# bilinear, so each one's rules are conv2d and its two siblings:
+#   <conv_dx(g, w), c> = <g, conv(c, w)>,  <conv_dw(x, g), c> = <g, conv(x, c)>.
+def _dx_type(g, w, *, in_shape, stride, padding):
+    return TensorType(tuple(in_shape))
+
+
+def _dx_forward(em, out, g, w, *, in_shape, stride, padding):
+    # The kernel's x operand is not read for dx alone: g stands in for it.
+    em.prim("conv2d_backward", [out], [g, w, g], acc=True, grads=("dx",),
+            **_conv2d_dims(out, w, stride, padding))
+
+
+def _dx_jvp(out, ins, tans, *, in_shape, stride, padding):
+    from .linalg import _add
+
+    g, w = ins
+    at = dict(in_shape=in_shape, stride=stride, padding=padding)
+    return _add(None if tans[0] is None else conv2d_dx(tans[0], w, **at),
+                None if tans[1] is None else conv2d_dx(g, tans[1], **at))
+
+
+def _dx_vjp(c, out, ins, needs, *, in_shape, stride, padding):
+    g, w = ins
+    at = dict(stride=stride, padding=padding)
+    return [conv2d(c, w, **at) if needs[0] else None,
+            conv2d_dw(c, g, w_shape=w.shape, **at) if needs[1] else None]
+
+
+conv2d_dx = defop("conv2d_dx", _dx_type, _dx_forward, jvp=_dx_jvp, vjp=_dx_vjp, zeroed_output=True)
+
+
+def _dw_type(x, g, *, w_shape, stride, padding):
+    return TensorType(tuple(w_shape))
+
+
+def _dw_forward(em, out, x, g, *, w_shape, stride, padding):
+    em.prim("conv2d_backward", [out], [x, g, g], acc=True, grads=("dw",),  # w unread for dw
+            **_conv2d_dims(x, out, stride, padding))
+
+
+def _dw_jvp(out, ins, tans, *, w_shape, stride, padding):
+    from .linalg import _add
+
+    x, g = ins
+    at = dict(w_shape=w_shape, stride=stride, padding=padding)
+    return _add(None if tans[0] is None else conv2d_dw(tans[0], g, **at),
+                None if tans[1] is None else conv2d_dw(x, tans[1], **at))
+
+
+def _dw_vjp(c, out, ins, needs, *, w_shape, stride, padding):
+    x, g = ins
+    at = dict(stride=stride, padding=padding)
+    return [conv2d_dx(g, c, in_shape=x.shape, **at) if needs[0] else None,
+            conv2d(x, c, **at) if needs[1] else None]
+
+
+conv2d_dw = defop("conv2d_dw", _dw_type, _dw_forward, jvp=_dw_jvp, vjp=_dw_vjp, zeroed_output=True)
+
+
+def _db_type(g):
+    return TensorType((g.shape[1],))
+
+
+def _db_forward(em, out, g):
+    n, f, oh, ow = g.shape
+    # Only the bias gradient: the kernel reads no x or w (given dy for both).
+    dims = dict(N=n, C=1, H=oh, W=ow, F=f, KH=1, KW=1, sh=1, sw=1, ph=0, pw=0)
+    em.prim("conv2d_backward", [out], [g, g, g], acc=True, grads=("db",), **dims)
+
+
+def _db_vjp(c, out, ins, needs):
+    from .elementwise import broadcast_to
+    from .shape import reshape
+
+    g = ins[0]
+    return [broadcast_to(reshape(c, shape=(1, g.shape[1], 1, 1)), shape=g.shape)]
+
+
+# db[f] = sum of g over n, h, w.
+conv2d_db = defop("conv2d_db", _db_type, _db_forward, zeroed_output=True,
+                  jvp=lambda out, ins, tans: conv2d_db(tans[0]), vjp=_db_vjp)
 
 
 # ---------------------------------------------------------------- pooling
@@ -139,7 +227,7 @@ def _argmax_forward(em, out, x, *, kernel, stride):
 
 # at[n, c, oh, ow] = flat index in the H*W plane of the window's maximum
 # (the first one on ties, as PyTorch).
-pool_argmax = defop("pool_argmax", _argmax_type, _argmax_forward, no_gradient)
+pool_argmax = defop("pool_argmax", _argmax_type, _argmax_forward)
 
 
 def _gather_type(x, at):
@@ -157,26 +245,53 @@ def _gather_forward(em, out, x, at):
     em.prim("pool_gather", [out], [x, at], **_plane_dims(x, at))
 
 
-def _gather_backward(em, out, dout, ins, dins):
+def _gather_vjp(g, out, ins, needs):
     x, at = ins
-    if dins[0] is not None:
-        em.prim("pool_gather_backward", [dins[0]], [dout, at], acc=True, **_plane_dims(x, at))
+    return [pool_scatter(g, at, in_shape=x.shape) if needs[0] else None, None]
 
 
 # y[n, c, o] = x[n, c, at[n, c, o]]; the gradient goes back where it came from.
-pool_gather = defop("pool_gather", _gather_type, _gather_forward, _gather_backward)
+pool_gather = defop("pool_gather", _gather_type, _gather_forward,
+                    jvp=lambda out, ins, tans: pool_gather(tans[0], ins[1]), vjp=_gather_vjp)
+
+
+def _scatter_type(g, at, *, in_shape):
+    return TensorType(tuple(in_shape))
+
+
+def _scatter_forward(em, out, g, at, *, in_shape):
+    em.prim("pool_gather_backward", [out], [g, at], acc=True, **_plane_dims(out, at))
+
+
+# zeros(in_shape) with g added where pool_gather read: its transpose.
+pool_scatter = defop("pool_scatter", _scatter_type, _scatter_forward, zeroed_output=True,
+                     jvp=lambda out, ins, tans, *, in_shape: pool_scatter(tans[0], ins[1], in_shape=in_shape),
+                     vjp=lambda c, out, ins, needs, *, in_shape: [pool_gather(c, ins[1]), None])
 
 
 def _avg_pool_forward(em, out, x, *, kernel, stride):
     em.prim("avg_pool2d", [out], [x], **_pool_dims(x, kernel, stride))
 
 
-def _avg_pool_backward(em, out, dout, ins, dins, *, kernel, stride):
-    if dins[0] is not None:
-        em.prim("avg_pool2d_backward", [dins[0]], [dout], acc=True, **_pool_dims(ins[0], kernel, stride))
+avg_pool2d = defop("avg_pool2d", _pool_type, _avg_pool_forward,
+                   jvp=lambda out, ins, tans, *, kernel, stride: avg_pool2d(tans[0], kernel=kernel, stride=stride),
+                   vjp=lambda g, out, ins, needs, *, kernel, stride: [
+                       avg_pool2d_t(g, in_shape=ins[0].shape, kernel=kernel, stride=stride)])
 
 
-avg_pool2d = defop("avg_pool2d", _pool_type, _avg_pool_forward, _avg_pool_backward)
+def _avg_t_type(g, *, in_shape, kernel, stride):
+    return TensorType(tuple(in_shape))
+
+
+def _avg_t_forward(em, out, g, *, in_shape, kernel, stride):
+    em.prim("avg_pool2d_backward", [out], [g], acc=True, **_pool_dims(out, kernel, stride))
+
+
+# The transpose of avg_pool2d (its backward kernel), and avg_pool2d its transpose.
+avg_pool2d_t = defop("avg_pool2d_t", _avg_t_type, _avg_t_forward, zeroed_output=True,
+                     jvp=lambda out, ins, tans, **at: avg_pool2d_t(tans[0], **at),
+                     vjp=lambda c, out, ins, needs, *, in_shape, kernel, stride: [
+                         avg_pool2d(c, kernel=kernel, stride=stride)])
 
 
 # ---------------------------------------------------------------- dropout
@@ -195,7 +310,7 @@ def _mask_forward(em, out, state, *, shape, p):
 
 
 # mask = 0 with probability p, else 1/(1-p): inverted dropout, as PyTorch's.
-dropout_mask = defop("dropout_mask", _mask_type, _mask_forward, no_gradient)
+dropout_mask = defop("dropout_mask", _mask_type, _mask_forward)
 
 
 # ---------------------------------------------------------------- embedding
@@ -216,14 +331,24 @@ def _embedding_forward(em, out, table, idx):
     em.prim("gather_rows", [out], [table, idx], **_embedding_dims(table, idx))
 
 
-def _embedding_backward(em, out, dout, ins, dins):
-    table, idx = ins
-    if dins[0] is not None:
-        em.prim("scatter_add_rows", [dins[0]], [dout, idx], acc=True, **_embedding_dims(table, idx))
+def _scatter_rows_type(g, idx, *, rows):
+    return TensorType((rows, g.shape[-1]))
+
+
+def _scatter_rows_forward(em, out, g, idx, *, rows):
+    em.prim("scatter_add_rows", [out], [g, idx], acc=True, **_embedding_dims(out, idx))
+
+
+# zeros [rows, width] with the rows of g added at idx: embedding's transpose.
+scatter_rows = defop("scatter_rows", _scatter_rows_type, _scatter_rows_forward, zeroed_output=True,
+                     jvp=lambda out, ins, tans, *, rows: scatter_rows(tans[0], ins[1], rows=rows),
+                     vjp=lambda c, out, ins, needs, *, rows: [embedding(c, ins[1]), None])
 
 
 # out[..., :] = table[idx[...], :], bounds-checked; gradient rows scatter-added.
-embedding = defop("embedding", _embedding_type, _embedding_forward, _embedding_backward)
+embedding = defop("embedding", _embedding_type, _embedding_forward,
+                  jvp=lambda out, ins, tans: embedding(tans[0], ins[1]),
+                  vjp=lambda g, out, ins, needs: [scatter_rows(g, ins[1], rows=ins[0].shape[0]), None])
 
 
 # ---------------------------------------------------------------- assign

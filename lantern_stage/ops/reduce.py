@@ -41,10 +41,28 @@ def _sum_forward(em, out, x, *, axis, keepdims):
     em.prim("reduce_sum", [out], [x], outer=outer, n=n, inner=inner)
 
 
-def _sum_backward(em, out, dout, ins, dins, *, axis, keepdims):
+def _kept(x_shape, axis):
+    axis %= len(x_shape)
+    return tuple(1 if d == axis else n for d, n in enumerate(x_shape))
+
+
+def _spread(r, x_shape, axis):
+    """A reduced value (with or without keepdims) as x's broadcastable shape."""
+    from .shape import reshape
+
+    kept = _kept(x_shape, axis)
+    return r if r.shape == kept else reshape(r, shape=kept)
+
+
+def _sum_jvp(out, ins, tans, *, axis, keepdims):
+    return sum_axis(tans[0], axis=axis, keepdims=keepdims)
+
+
+def _sum_vjp(g, out, ins, needs, *, axis, keepdims):
+    from .elementwise import broadcast_to
+
     x = ins[0]
-    if dins[0] is not None:
-        em.map(dins[0], "{0}", _spread_view(dout, x.shape, axis), acc=True, shape=x.shape)
+    return [broadcast_to(_spread(g, x.shape, axis), shape=x.shape)]
 
 
 def _max_forward(em, out, x, *, axis, keepdims):
@@ -52,33 +70,57 @@ def _max_forward(em, out, x, *, axis, keepdims):
     em.prim("reduce_max", [out], [x], outer=outer, n=n, inner=inner)
 
 
-def _max_backward(em, out, dout, ins, dins, *, axis, keepdims):
-    # As torch.amax: elements equal to the maximum share its gradient evenly
-    # (so a tie of two gets half each, as central differences say).
+def _extremum_share(out, x, axis):
+    """Where x attains the reduced extremum, 1/count (ties share), else 0:
+    as torch.amax / amin and central differences."""
+    from .elementwise import cast, div, equal, mul
+
+    hit = cast(equal(x, _spread(out, x.shape, axis)), dtype="float32")
+    count = sum_axis(hit, axis=axis, keepdims=True)
+    return mul(hit, div(1.0, count))
+
+
+def _extremum_jvp(out, ins, tans, *, axis, keepdims):
+    from .elementwise import mul
+
     x = ins[0]
-    if dins[0] is None:
-        return
-    y = _spread_view(out, x.shape, axis)
-    count = em.tmp(TensorType(out.shape), zero=True)
-    em.map_view(_spread_view(count, x.shape, axis), "({0} == {1} ? 1.0f : 0.0f)", x, y, acc=True, shape=x.shape)
-    em.map(
-        dins[0],
-        "({0} == {1} ? {2} / {3} : 0.0f)",
-        x,
-        y,
-        _spread_view(dout, x.shape, axis),
-        _spread_view(count, x.shape, axis),
-        acc=True,
-        shape=x.shape,
-    )
+    return sum_axis(mul(tans[0], _extremum_share(out, x, axis)), axis=axis, keepdims=keepdims)
 
 
-def _max_type(x, *, axis, keepdims):
-    out = _reduce_type(x, axis=axis, keepdims=keepdims)
-    if x.shape[axis] == 0:
-        raise ShapeError(f"max of an empty axis {axis} of {x} (it has no identity)")
-    return out
+def _extremum_vjp(g, out, ins, needs, *, axis, keepdims):
+    from .elementwise import mul
+
+    x = ins[0]
+    return [mul(_spread(g, x.shape, axis), _extremum_share(out, x, axis))]
 
 
-sum_axis = defop("sum", _reduce_type, _sum_forward, _sum_backward)
-max_axis = defop("max", _max_type, _max_forward, _max_backward)
+def _min_forward(em, out, x, *, axis, keepdims):
+    outer, n, inner = _split(x.shape, axis)
+    em.prim("reduce_min", [out], [x], outer=outer, n=n, inner=inner)
+
+
+def _argmax_type(x, *, axis, keepdims):
+    out = _extremum_type("argmax")(x, axis=axis, keepdims=keepdims)
+    return TensorType(out.shape, "int32")
+
+
+def _argmax_forward(em, out, x, *, axis, keepdims):
+    outer, n, inner = _split(x.shape, axis)
+    em.prim("reduce_argmax", [out], [x], outer=outer, n=n, inner=inner)
+
+
+def _extremum_type(name):
+    def infer(x, *, axis, keepdims):
+        out = _reduce_type(x, axis=axis, keepdims=keepdims)
+        if x.shape[axis % len(x.shape)] == 0:
+            raise ShapeError(f"{name} of an empty axis {axis} of {x} (it has no identity)")
+        return out
+
+    return infer
+
+
+sum_axis = defop("sum", _reduce_type, _sum_forward, jvp=_sum_jvp, vjp=_sum_vjp)
+max_axis = defop("max", _extremum_type("max"), _max_forward, jvp=_extremum_jvp, vjp=_extremum_vjp)
+min_axis = defop("min", _extremum_type("min"), _min_forward, jvp=_extremum_jvp, vjp=_extremum_vjp)
+# The index of the first maximum along the axis, as numpy / torch; no gradient.
+argmax_axis = defop("argmax", _argmax_type, _argmax_forward)

@@ -3,12 +3,32 @@
 An op is declared once, with
   infer(*input_types, **attrs) -> output TensorType   (raise ShapeError)
   forward(em, out, *ins, **attrs)                      emits primitive stmts
-  backward(em, out, dout, ins, dins, **attrs)          emits `+=` into dins
-where `dins[i]` is the input's gradient buffer, or None: "no gradient".
+and, when it is differentiable, two derivative rules written in staged ops
+(lantern_stage ops on Reps, like the user's own code):
+  jvp(out, ins, tangents, **attrs) -> the output's tangent (a Rep) or None
+      `tangents[i]` is input i's tangent, or None for a zero tangent
+  vjp(g, out, ins, needs, **attrs) -> one cotangent per input (or None)
+      `g` is the output's cotangent; `needs[i]` says whether input i wants
+      one.  A cotangent is a Rep that broadcasts onto the input (a larger
+      one is summed down: that undoes broadcasting), or `Placed(rep,
+      offset, strides)`: added into those elements of the input only.
+Because the rules are staged ops, derivative code is itself differentiable:
+forward mode stages `jvp` next to every op applied inside a `jvp` level, and
+reverse mode stages `vjp` when the op's backward turn comes (the CPS
+`fwd; k(y); bwd`, see autodiff.py), so either can run over code the other
+produced.  Fast kernels stay fast: an op whose backward needs a kernel of its
+own (conv2d, softmax, nll, gathers) uses an internal op for it, which in turn
+declares its rules in the same way (mostly linear: rules of the family).
+
+`t = kernel(...); d += t` and chains of elementwise derivative expressions
+become today's code again after the passes: `fold_accumulations` makes the
+kernel add into `d` itself (beta = 1), fusion turns an expression chain into
+one loop with register temporaries.
+
 Ops that only re-view their input (reshape, a contiguous slice) declare
 `view(*input_types, **attrs) -> offset` instead: the output aliases the
-input's buffer and its gradient aliases the input's gradient, so they need no
-forward or backward code at all.
+input's buffer and its gradient aliases the input's gradient; the tangent
+is the same view of the tangent.
 """
 from __future__ import annotations
 
@@ -16,7 +36,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import ir
-from ..staging import Rep, current, staging_error, user_location
+from ..staging import Acc, Rep, current, staging_error, user_location
 from ..tree import TreeDef, tree_flatten
 from ..types import IntArrayType, TensorType, contiguous_strides
 
@@ -25,8 +45,14 @@ class ShapeError(Exception):
     """Raised by shape rules; `apply` adds the op name and the user's line."""
 
 
-def no_gradient(*_args, **_kwargs):
-    """Backward rule of an op whose inputs get no gradient."""
+@dataclass
+class Placed:
+    """A cotangent added into `offset + sum(idx * strides)` of the input's
+    gradient (the transpose of a strided read) instead of broadcast onto it."""
+
+    rep: Rep
+    offset: int
+    strides: tuple
 
 
 @dataclass
@@ -34,12 +60,22 @@ class Op:
     name: str
     infer: Callable
     forward: Callable | None = None
-    backward: Callable | None = None
+    jvp: Callable | None = None
+    vjp: Callable | None = None
     view: Callable | None = None
+    # The forward adds into a zeroed output (acc-only kernels); or a function
+    # of the attributes saying so.
+    zeroed_output: bool | Callable = False
 
     def __post_init__(self):
-        if self.view is None and (self.forward is None or self.backward is None):
-            raise TypeError(f"op {self.name}: needs forward and backward (or view)")
+        if self.view is None and self.forward is None:
+            raise TypeError(f"op {self.name}: needs forward (or view)")
+        if (self.jvp is None) != (self.vjp is None):
+            raise TypeError(f"op {self.name}: declare both jvp and vjp rules, or neither (not differentiable)")
+
+    @property
+    def differentiable(self) -> bool:
+        return self.vjp is not None or self.view is not None
 
     def __call__(self, *inputs, **attrs) -> Rep:
         return apply(self, inputs, attrs)
@@ -48,10 +84,11 @@ class Op:
 OPS: dict[str, Op] = {}
 
 
-def defop(name: str, infer, forward=None, backward=None, view=None) -> Op:
+def defop(name: str, infer, forward=None, *, jvp=None, vjp=None, view=None, zeroed_output=False) -> Op:
+    """Declare an op (see the module docstring); no jvp/vjp: not differentiable."""
     if name in OPS:
         raise TypeError(f"op {name} declared twice")
-    op = Op(name, infer, forward, backward, view)
+    op = Op(name, infer, forward, jvp, vjp, view, zeroed_output)
     OPS[name] = op
     return op
 
@@ -108,8 +145,14 @@ def apply(op: Op, inputs, attrs) -> Rep:
         out_type = op.infer(*[r.type for r in reps], **attrs)
     except ShapeError as e:
         raise staging_error(f"{op.name}: {e}") from None
-    grads = [r.grad for r in reps]
-    needs_grad = out_type.is_float and any(g is not None for g in grads)
+    rev = b.rev
+    accs = [None] * len(reps)
+    if rev is not None:
+        for k, r in enumerate(reps):
+            accs[k] = rev.lookup(r)
+            if accs[k] is None and rev.tracked_outside(r):
+                rev.reads[id(r)] = r  # an input of this whole value_and_grad, for the levels outside
+    needs_grad = out_type.is_float and op.differentiable and any(a is not None for a in accs)
 
     if op.view is not None:
         offset = op.view(*[r.type for r in reps], **attrs)
@@ -120,26 +163,109 @@ def apply(op: Op, inputs, attrs) -> Rep:
             return Rep(out, b.block)
         b.emit(ir.Alias(out, src.var, offset))
         rep = Rep(out, b.block)
-        if src.grad is not None:
-            dout = b.new_var(out_type, "d_" + out.name + "_")
-            b.emit(ir.Alias(dout, src.grad, offset))
-            rep.grad = dout
-        return rep
+        if needs_grad:
+            rep.grad = _alias_acc(b, accs[0], out_type, offset)
+    else:
+        loc = user_location()
+        zero = op.zeroed_output(attrs) if callable(op.zeroed_output) else op.zeroed_output
+        out = b.alloc(out_type, op.name, zero=zero)
+        em = Emitter(b, f"{op.name} {loc}")
+        op.forward(em, out, *[r.var for r in reps], **attrs)
+        rep = Rep(out, b.block)
+        if needs_grad:
+            rep.grad = b.new_acc(out_type, rev, "d_" + out.name + "_")
 
-    loc = user_location()
-    out = b.alloc(out_type, op.name)
-    em = Emitter(b, f"{op.name} {loc}")
-    op.forward(em, out, *[r.var for r in reps], **attrs)
-    rep = Rep(out, b.block)
-    if needs_grad:
-        rep.grad = b.alloc(out_type, "d_" + out.name + "_", zero=True)
-        ins = [r.var for r in reps]
+            def backward():
+                if not rep.grad.touched:  # nothing downstream used it: zero cotangent
+                    return
+                g = acc_value(rep.grad)
+                cts = op.vjp(g, rep, reps, [a is not None for a in accs], **attrs)
+                for acc, ct in zip(accs, cts):
+                    if acc is not None and ct is not None:
+                        accumulate(acc, ct, f"d {op.name} {loc}")
 
-        def backward():
-            op.backward(Emitter(b, f"d {op.name} {loc}"), out, rep.grad, ins, grads, **attrs)
-
-        b.push_backward(backward)
+            b.push_backward(backward)
+    if out_type.is_float and op.differentiable and b.jvp_levels:
+        _stage_jvp(b, op, rep, reps, attrs)
     return rep
+
+
+def _stage_jvp(b, op: Op, rep: Rep, reps: list, attrs) -> None:
+    """The output's tangent at every open forward level its inputs have a
+    tangent at.  Level i's rule is staged with only the levels outside it
+    open (its tangents carry tangents of those levels: nested forward mode)."""
+    levels = list(b.jvp_levels)
+    for i, lv in enumerate(levels):
+        tans = [r.tangents.get(lv) for r in reps]
+        if all(t is None for t in tans):
+            continue
+        b.jvp_levels = levels[:i]
+        try:
+            if op.view is not None:
+                t = op(tans[0], **attrs) if tans[0] is not None else None
+            else:
+                t = op.jvp(rep, reps, tans, **attrs)
+            if t is not None:
+                t = as_rep(t, "float32")
+                if t.shape != rep.shape or t.dtype != "float32":
+                    t = _OPS_LATE["broadcast_to"](t, shape=rep.shape)
+                rep.tangents[lv] = t
+        finally:
+            b.jvp_levels = levels
+
+
+_OPS_LATE = OPS  # ops declared in other modules (broadcast_to), looked up when used
+
+
+def _alias_acc(b, acc: Acc, out_type, offset) -> Acc:
+    var = b.new_var(out_type, "d_" + acc.var.name + "_")
+    b.emit(ir.Alias(var, acc.var, offset))
+    out = Acc(var, acc.level, {lv: _alias_acc(b, t, out_type, offset) for lv, t in acc.tangents.items()})
+    out.forbidden = acc.forbidden
+    out.parent_acc = acc
+    return out
+
+
+def acc_value(acc: Acc) -> Rep:
+    """A gradient buffer read as a value (an op's cotangent, when its turn
+    comes), with the tangents of its tangent buffers."""
+    # A tangent buffer nothing added into is zero: no tangent at all.
+    return Rep(acc.var, None, None, {lv: acc_value(t) for lv, t in acc.tangents.items() if t.touched})
+
+
+def accumulate(acc: Acc, ct, note: str = "accumulate") -> None:
+    """acc += ct (broadcast onto, or summed down into, acc's shape), and the
+    same for the tangent buffers: an accumulation whose own derivative is
+    an accumulation of the tangents."""
+    if acc.forbidden:
+        raise staging_error(acc.forbidden)
+    touch(acc)
+    b = current()
+    em = Emitter(b, note)
+    if isinstance(ct, Placed):
+        r = as_rep(ct.rep, "float32")
+        em.map_view(ir.View(acc.var, ct.offset, tuple(ct.strides)), "{0}",
+                    ir.View(r.var, 0, contiguous_strides(r.shape)) if r.var.storage == "buf" else r.var,
+                    acc=True, shape=r.shape)
+        for lv, t in acc.tangents.items():
+            tr = r.tangents.get(lv)
+            if tr is not None:
+                accumulate(t, Placed(tr, ct.offset, ct.strides), note)
+        return
+    r = as_rep(ct, "float32")
+    shape = broadcast_shapes(acc.var.shape, r.shape)
+    em.map(acc.var, "{0}", r.var, acc=True, shape=shape)
+    for lv, t in acc.tangents.items():
+        tr = r.tangents.get(lv)
+        if tr is not None:
+            accumulate(t, tr, note)
+
+
+def touch(acc: Acc) -> None:
+    """Mark `acc` (and what it aliases) as possibly nonzero."""
+    while acc is not None:
+        acc.touched = True
+        acc = getattr(acc, "parent_acc", None)
 
 
 # ------------------------------------------------------------- emitting

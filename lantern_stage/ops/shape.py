@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import ir
 from ..types import IntArrayType, contiguous_strides
-from .registry import ShapeError, TensorType, defop, no_gradient
+from .registry import Placed, ShapeError, TensorType, defop
 
 
 # ---------------------------------------------------------------- reshape
@@ -45,14 +45,17 @@ def _strided_forward(em, out, x, *, shape, offset, strides):
                 ir.View(x, offset, tuple(strides)), shape=shape)
 
 
-def _strided_backward(em, out, dout, ins, dins, *, shape, offset, strides):
-    if dins[0] is not None:
-        em.map_view(ir.View(dins[0], offset, tuple(strides)), "{0}",
-                    ir.View(dout, 0, contiguous_strides(tuple(shape))), acc=True, shape=shape)
+def _strided_jvp(out, ins, tans, *, shape, offset, strides):
+    return strided(tans[0], shape=shape, offset=offset, strides=strides)
+
+
+def _strided_vjp(g, out, ins, needs, *, shape, offset, strides):
+    # The transpose of a strided read: added back into those elements only.
+    return [Placed(g, offset, tuple(strides))]
 
 
 # out[idx] = x[offset + sum(idx * strides)]: transposes and non-contiguous slices.
-strided = defop("strided", _strided_type, _strided_forward, _strided_backward)
+strided = defop("strided", _strided_type, _strided_forward, jvp=_strided_jvp, vjp=_strided_vjp)
 
 
 def _contiguous_view_type(x, *, shape, offset):
@@ -130,15 +133,36 @@ def _take_forward(em, out, x, i):
     em.prim("take_row", [out], [x, i], rows=x.shape[0], width=out.size or 1)
 
 
-def _take_backward(em, out, dout, ins, dins):
+def _take_jvp(out, ins, tans):
+    return take(tans[0], ins[1])
+
+
+def _take_vjp(g, out, ins, needs):
     x, i = ins
-    if dins[0] is not None:
-        em.prim("take_row_backward", [dins[0]], [dout, i], rows=x.shape[0], width=out.size or 1, acc=True)
+    return [put_row(g, i, rows=x.shape[0]) if needs[0] else None, None]
+
+
+def _put_row_type(g, i, *, rows):
+    return TensorType((rows,) + g.shape, "float32")
+
+
+def _put_row_forward(em, out, g, i, *, rows):
+    em.prim("take_row_backward", [out], [g, i], rows=rows, width=g.size or 1, acc=True)
+
+
+def _put_row_vjp(c, out, ins, needs, *, rows):
+    return [take(c, ins[1]) if needs[0] else None, None]
+
+
+# zeros with row i = g: the transpose of take (its backward kernel).
+put_row = defop("put_row", _put_row_type, _put_row_forward, zeroed_output=True,
+                jvp=lambda out, ins, tans, *, rows: put_row(tans[0], ins[1], rows=rows),
+                vjp=_put_row_vjp)
 
 
 # x[i] for a staged int i: the row is copied (with a bounds check); its gradient
 # is added back into that row.
-take = defop("take", _take_type, _take_forward, _take_backward)
+take = defop("take", _take_type, _take_forward, jvp=_take_jvp, vjp=_take_vjp)
 
 
 def _array_read_type(a, i):
@@ -153,7 +177,7 @@ def _array_read_forward(em, out, a, i):
     em.map(out, "{0}[lt::check_index({1}, {0}_len, \"IntArray read\")]", ("fmt", a.name, []), i)
 
 
-array_read = defop("array_read", _array_read_type, _array_read_forward, no_gradient)
+array_read = defop("array_read", _array_read_type, _array_read_forward)
 
 
 def _array_len_type(a):
@@ -164,7 +188,7 @@ def _array_len_forward(em, out, a):
     em.map(out, "static_cast<int32_t>({0}_len)", ("fmt", a.name, []))
 
 
-array_length = defop("array_length", _array_len_type, _array_len_forward, no_gradient)
+array_length = defop("array_length", _array_len_type, _array_len_forward)
 
 
 # ---------------------------------------------------------------- concat
@@ -200,13 +224,25 @@ def _concat_forward(em, out, *xs, axis):
         em.map_view(view, "{0}", x, shape=shape)
 
 
-def _concat_backward(em, out, dout, ins, dins, *, axis):
-    for (x, view, shape), dx in zip(_concat_parts(dout, ins, axis), dins):
-        if dx is not None:
-            em.map(dx, "{0}", view, acc=True, shape=shape)
+def _concat_jvp(out, ins, tans, *, axis):
+    parts = [t if t is not None else full(shape=x.shape, value=0.0, dtype="float32") for x, t in zip(ins, tans)]
+    return concat(*parts, axis=axis)
 
 
-concat = defop("concat", _concat_type, _concat_forward, _concat_backward)
+def _concat_vjp(g, out, ins, needs, *, axis):
+    # Each input's cotangent is its block of g (a view or a strided copy).
+    from ..api import getitem
+
+    axis %= len(out.shape)
+    cts, start = [], 0
+    for x, need in zip(ins, needs):
+        n = x.shape[axis]
+        cts.append(getitem(g, (slice(None),) * axis + (slice(start, start + n),)) if need else None)
+        start += n
+    return cts
+
+
+concat = defop("concat", _concat_type, _concat_forward, jvp=_concat_jvp, vjp=_concat_vjp)
 
 
 # ---------------------------------------------------------------- constants
@@ -218,4 +254,4 @@ def _full_forward(em, out, *, shape, value, dtype):
     em.fill(out, value)
 
 
-full = defop("full", _full_type, _full_forward, no_gradient)
+full = defop("full", _full_type, _full_forward)

@@ -6,12 +6,16 @@ from .dce import remove_dead_code
 from .defer_outer import defer_outer_products
 from .eta import eta_reduce
 from .first_write import assign_first_writes
-from .fusion import fuse_elementwise
+from .fold import fold_accumulations
+from .fusion import fuse_elementwise, inline_temporaries
 
 PIPELINE = [
     ("eta-reduce continuations", eta_reduce),
+    ("remove dead code", remove_dead_code),
+    ("fold accumulations into their kernels", fold_accumulations),
     ("defer weight-gradient outer products", defer_outer_products),
     ("remove dead code", remove_dead_code),
+    ("inline single-use temporaries", inline_temporaries),
     ("assign first writes", assign_first_writes),
     ("fuse elementwise loops", fuse_elementwise),
     ("remove dead code", remove_dead_code),

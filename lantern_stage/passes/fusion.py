@@ -12,7 +12,80 @@ Allocations between the maps do not get in the way.
 from __future__ import annotations
 
 from .. import ir
+from ..types import contiguous_strides
 from .analysis import analyse, read_counts
+
+
+def inline_temporaries(program) -> None:
+    """`t = e; d += f(t)` -> `d += f(e)` where `t` is a temporary read by
+    nothing else and the two maps are adjacent over one index space.
+
+    Derivative rules are staged ops, so `dx += g * (1 - y*y)` is staged as a
+    chain of maps through single-use temporaries; substituting each into the
+    next gives back the one-statement form (then fusion groups statements
+    exactly as it did for hand-written rules) and no buffer is left behind
+    when a later statement cannot share the loop."""
+    buffers = analyse(program.body)
+    reads = read_counts(program.body, buffers)
+    for block in list(ir.blocks(program.body)):
+        out = []
+        for stmt in block.stmts:
+            if isinstance(stmt, ir.Map):
+                k = len(out) - 1
+                while k >= 0 and isinstance(out[k], (ir.Alloc, ir.Alias, ir.Comment)):
+                    k -= 1
+                if k >= 0 and isinstance(out[k], ir.Map):
+                    merged = _substitute_temp(out[k], stmt, buffers, reads)
+                    if merged is not None:
+                        del out[k]
+                        stmt = merged
+            out.append(stmt)
+        block.stmts = out
+
+
+def _substitute_temp(prev: ir.Map, stmt: ir.Map, buffers, reads):
+    if prev.shape != stmt.shape or len(prev.assigns) != 1:
+        return None
+    a = prev.assigns[0]
+    if not isinstance(a, ir.Assign) or a.accumulate:
+        return None
+    t = a.dst.var
+    if t.storage != "buf" or buffers.of(t) != (t, 0) or not buffers.is_owned(t) or reads.get(id(t), 0) != 1:
+        return None
+    n = 1
+    for d in stmt.shape:
+        n *= d
+    if t.size != n or a.dst.offset != 0 or (n > 1 and a.dst.strides != contiguous_strides(tuple(stmt.shape))):
+        return None
+    key = buffers.key(a.dst)
+    uses = 0
+    for b in stmt.assigns:
+        for v in ir.expr_loads(b.expr):
+            if buffers.of(v.var)[0] is t:
+                if buffers.key(v) != key:
+                    return None
+                uses += 1
+        if isinstance(b, ir.Assign) and buffers.of(b.dst.var)[0] is t:
+            return None
+    if uses != 1:
+        return None
+    # What `stmt` writes must not be an input of `e` (it would read it later).
+    written = {id(buffers.of(b.dst.var)[0]) for b in stmt.assigns if isinstance(b, ir.Assign)}
+    if any(id(buffers.of(v.var)[0]) in written for v in ir.expr_loads(a.expr)):
+        return None
+
+    def sub(e):
+        if e[0] == "load" and buffers.of(e[1].var)[0] is t:
+            return a.expr
+        if e[0] == "fmt":
+            return ("fmt", e[1], [sub(x) for x in e[2]])
+        return e
+
+    new = [ir.Assign(b.dst, b.accumulate, sub(b.expr)) if isinstance(b, ir.Assign) else ir.Let(b.name, sub(b.expr))
+           for b in stmt.assigns]
+    merged = ir.Map(stmt.shape, new)
+    merged.loc = stmt.loc
+    return merged
 
 
 def fuse_elementwise(program) -> None:
@@ -79,10 +152,12 @@ def _compatible(a: ir.Map, b: ir.Map, acc_a, acc_b) -> bool:
 def _promote(program, buffers) -> None:
     """Within each fused loop, later reads of an element just assigned use the
     register; then stores no other statement reads are dropped."""
-    counter = [0]
     for _, stmt in list(ir.walk(program.body)):
         if not isinstance(stmt, ir.Map) or len(stmt.assigns) < 2:
             continue
+        # Register names are local to their loop: numbering them per loop lets
+        # equal loops (unrolled time steps) render as one loop function.
+        counter = [0]
         known = {}  # view key -> local name
         new = []
         for a in stmt.assigns:
