@@ -9,6 +9,8 @@ variable ``LANTERN_BENCH_DATA`` moves the default data directory.
 - `MnistLike`     deterministic MNIST-shaped images with learnable structure (`ImageBatch`)
 - `load_trees`    SST dev trees as int32 arrays (`Tree`)
 - `embedding_table`  the fixed [5267, 300] word-embedding table for the TreeLSTM
+- `poisson_batch`  collocation points of the PINN's 2-D Poisson problem (`PoissonBatch`),
+                   `poisson_exact` its solution, `poisson_grid` the evaluation grid
 """
 from __future__ import annotations
 
@@ -263,3 +265,54 @@ def tree_levels(tree: Tree) -> np.ndarray:
         if tree.lch[i] >= 0:
             height[i] = 1 + max(height[tree.lch[i]], height[tree.rch[i]])
     return height
+
+
+# ----------------------------------------------------------------------------- PINN: 2-D Poisson
+
+class PoissonBatch(NamedTuple):
+    """One PINN training step's points on the unit square (float32):
+    loss = mean((u_xx + u_yy - f)^2 over xi) + w * mean((u - g)^2 over xb),
+    w = `Config.boundary_weight`."""
+    xi: np.ndarray   # [n, 2] interior collocation points, uniform in (0, 1)^2
+    f: np.ndarray    # [n, 1] the source term at xi
+    xb: np.ndarray   # [m, 2] boundary points, m/4 uniform on each edge
+    g: np.ndarray    # [m, 1] the boundary values at xb (the exact solution there)
+
+
+def poisson_exact(x: np.ndarray) -> np.ndarray:
+    """The known solution u = sin(pi x) sin(pi y) at points x [n, 2] (float64, [n, 1])."""
+    x = np.asarray(x, dtype=np.float64)
+    return (np.sin(np.pi * x[:, 0]) * np.sin(np.pi * x[:, 1]))[:, None]
+
+
+def poisson_source(x: np.ndarray) -> np.ndarray:
+    """f = u_xx + u_yy = -2 pi^2 sin(pi x) sin(pi y) (float64, [n, 1])."""
+    return -2.0 * np.pi ** 2 * poisson_exact(x)
+
+
+def poisson_batch(step: int, interior: int = 1024, boundary: int = 256) -> PoissonBatch:
+    """The points of training step `step`: fresh uniform samples every step
+    (seeded by the step, so every framework sees the same points)."""
+    if boundary % 4:
+        raise ValueError(f"boundary points must be a multiple of 4 (one quarter per edge), got {boundary}")
+    rng = _rng(6, step)
+    xi = rng.uniform(0.0, 1.0, size=(interior, 2))
+    t = rng.uniform(0.0, 1.0, size=(4, boundary // 4))
+    zeros, ones = np.zeros_like(t[0]), np.ones_like(t[0])
+    xb = np.concatenate([np.stack(e, axis=1) for e in
+                         [(t[0], zeros), (t[1], ones), (zeros, t[2]), (ones, t[3])]])
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
+    return PoissonBatch(f32(xi), f32(poisson_source(xi)), f32(xb), f32(poisson_exact(xb)))
+
+
+def poisson_grid(n: int = 101) -> np.ndarray:
+    """The n x n evaluation grid over [0, 1]^2 as float32 points [n*n, 2] (x varies fastest)."""
+    g = np.linspace(0.0, 1.0, n)
+    xx, yy = np.meshgrid(g, g)
+    return np.ascontiguousarray(np.stack([xx.ravel(), yy.ravel()], axis=1), dtype=np.float32)
+
+
+def relative_l2(u_pred: np.ndarray, x: np.ndarray) -> float:
+    """||u_pred - u|| / ||u|| on points x against the exact solution."""
+    u = poisson_exact(x)
+    return float(np.linalg.norm(np.asarray(u_pred, np.float64).reshape(u.shape) - u) / np.linalg.norm(u))

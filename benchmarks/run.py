@@ -1,6 +1,6 @@
 """The benchmark harness: the paper's Figure 6, lantern_stage side by side with its peers.
 
-    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm,transformer] [--frameworks torch,tf,...]
+    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm,transformer,pinn] [--frameworks torch,tf,...]
                              [--iters N] [--repeat R] [--quick] [--smoke]
                              [--data PATH] [--out DIR] [--probe-recompile]
     python -m benchmarks.run --scaling [--rounds R]     data-parallel scaling (benchmarks/scaling.py)
@@ -13,14 +13,14 @@ alternate the frameworks (A B C A B C ...); each round times every model. One-of
 costs (build / lantern compile, tf.function trace, torch.compile, XLA compile,
 warm-up steps) are excluded from the training time and reported apart. Times are
 given in the paper's units (seconds per 5000 iterations for RNN/LSTM, per epoch
-for CNN and TreeLSTM), extrapolated from the timed iterations, as median, min and
+for CNN and TreeLSTM; per 1000 steps for the PINN), extrapolated from the timed iterations, as median, min and
 max over the rounds, with each framework's time divided by lantern_stage's in
 the same round (or by the fastest peer's when lantern_stage is unavailable).
 
 Output in --out (default benchmarks/results/): results.json, results.md,
 figure6.png and loss_<model>.png. `--smoke` runs a few iterations of everything
 (two workers at a time on different CPUs, torch.compile with its aot_eager
-backend) to check the pipeline in well under 3 minutes; its times mean nothing.
+backend) to check the pipeline in a few minutes (the PINN adds XLA compiles of nested derivatives); its times mean nothing.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ from benchmarks.spec import MODELS, UNITS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
-DEFAULT_ORDER = ["lantern", "torch", "torch_compile", "tf", "tf_xla", "jax", "dynet", "dynet_autobatch"]
+DEFAULT_ORDER = ["lantern", "torch", "torch_compile", "torch_func", "tf", "tf_xla", "jax", "dynet", "dynet_autobatch"]
 
 THREAD_ENV = {
     "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -59,11 +59,14 @@ FIRST_LOSS_TOL = 1e-4     # loss of the first step: same weights, same data
 FINAL_LOSS_TOL = 2e-2     # mean loss of the last FINAL_WINDOW timed steps
 FINAL_WINDOW = 100
 
+# Loss curves spanning decades are drawn on a log axis.
+LOG_LOSS_MODELS = {"pinn"}
+
 PRESETS = {
     # timed iterations per model, rounds, warm-up training steps
     "full": ({m: UNITS[m][0] for m in MODELS}, 3, 3),
-    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100, "transformer": 100}, 2, 3),
-    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1, "transformer": 2}, 1, 1),
+    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100, "transformer": 100, "pinn": 300}, 2, 3),
+    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1, "transformer": 2, "pinn": 3}, 1, 1),
 }
 
 
@@ -87,7 +90,7 @@ def parse_args(argv=None):
                     help="CNN with dropout (off by default so that losses are comparable)")
     ap.add_argument("--probe-recompile", action="store_true",
                     help="also measure whole-tree torch.compile / jax.jit recompilation on 2 trees")
-    ap.add_argument("--timeout", type=float, help="seconds per worker (default: 3600; --smoke 170)")
+    ap.add_argument("--timeout", type=float, help="seconds per worker (default: 3600; --smoke 300)")
     return ap.parse_args(argv)
 
 
@@ -395,10 +398,11 @@ def write_charts(out: Path, summary, runs, models):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colors = {"lantern": "#d62728", "torch": "#1f77b4", "torch_compile": "#aec7e8", "tf": "#ff7f0e",
+    colors = {"lantern": "#d62728", "torch": "#1f77b4", "torch_compile": "#aec7e8", "torch_func": "#17becf",
+              "tf": "#ff7f0e",
               "tf_xla": "#ffbb78", "jax": "#2ca02c", "dynet": "#9467bd", "dynet_autobatch": "#c5b0d5"}
     names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM",
-             "transformer": "Char transformer"}
+             "transformer": "Char transformer", "pinn": "PINN (Poisson)"}
     names = {m: names.get(m, m) for m in models}
     fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
@@ -432,6 +436,8 @@ def write_charts(out: Path, summary, runs, models):
                 ax.axvline(res["warmup_steps"] + 0.5, color="grey", linestyle=":", linewidth=0.8)
         ax.set_xlabel("training step (dotted line: end of warm-up)")
         ax.set_ylabel("loss")
+        if m in LOG_LOSS_MODELS:
+            ax.set_yscale("log")
         ax.set_title(f"{names[m]}: training loss, round 1")
         if ax.lines:
             ax.legend(fontsize=8)
@@ -461,7 +467,7 @@ def main(argv=None):
     args.repeat = args.repeat or repeat_default
     warmup = args.warmup if args.warmup is not None else warm_default
     args.jobs = args.jobs or (2 if args.smoke else 1)
-    args.timeout = args.timeout or (170.0 if args.smoke else 3600.0)
+    args.timeout = args.timeout or (300.0 if args.smoke else 3600.0)
     if args.jobs > 1 and not args.smoke:
         print("warning: --jobs > 1 runs workers concurrently; times are then not comparable", file=sys.stderr)
     out = Path(args.out)
@@ -543,7 +549,8 @@ def _data_sources(data_dir):
     text = data.load_text(Path(data_dir) / "text" / "graham.txt" if data_dir else None)
     trees = data.load_trees(Path(data_dir) / "sst" / "array_tree.txt" if data_dir else None)
     return {"text": text.source, "images": data.MnistLike.source, "trees": trees.source,
-            "embedding": "generated uniform(-0.05, 0.05), [5267, 300]"}
+            "embedding": "generated uniform(-0.05, 0.05), [5267, 300]",
+            "pinn": "generated: fresh uniform interior and boundary points every step, seeded by the step"}
 
 
 def _print_table(summary):

@@ -5,7 +5,8 @@ PyTorch's default initialisation with a fixed seed: uniform(-1/sqrt(fan_in),
 with a=sqrt(5) reduces to that bound) and 1/sqrt(hidden) for every LSTMCell tensor
 (PyTorch's LSTMCell rule); the transformer's as PyTorch initialises its modules
 (xavier_uniform in_proj_weight, zero projection biases, LayerNorm 1 and 0, N(0, 1)
-token embeddings) plus learned positions N(0, 0.02). Names and layouts are PyTorch's: Linear weights are
+token embeddings) plus learned positions N(0, 0.02). The PINN's MLP 2 -> 64 -> 64 -> 64 -> 1 is four Linear
+layers fc1..fc4 with the default Linear rule. Names and layouts are PyTorch's: Linear weights are
 [out, in], Conv2d weights [out, in, kh, kw], LSTMCell gates stacked i, f, g, o.
 """
 from __future__ import annotations
@@ -62,6 +63,13 @@ def layout(cfg: Config) -> List[Tuple[str, Shape, int]]:
                     (p + "norm2.weight", (E,), 0), (p + "norm2.bias", (E,), 0)]
         return out + [("norm.weight", (E,), 0), ("norm.bias", (E,), 0), ("head.weight", (V, E), E),
                       ("head.bias", (V,), E)]
+    if cfg.model == "pinn":
+        H = cfg.hidden
+        sizes = [(H, 2), (H, H), (H, H), (1, H)]
+        out = []
+        for k, (o, i) in enumerate(sizes, 1):
+            out += [(f"fc{k}.weight", (o, i), i), (f"fc{k}.bias", (o,), i)]
+        return out
     raise ValueError(f"unknown model {cfg.model!r}")
 
 

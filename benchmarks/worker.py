@@ -79,6 +79,12 @@ class Stream:
             self._keys = lambda n: list(range(n))
             self._raw = imgs.batch_at
             self.cache = False
+        elif model == "pinn":
+            from benchmarks.spec import make_config
+            cfg = make_config("pinn")
+            self._keys = lambda n: list(range(n))
+            self._raw = lambda k: data.poisson_batch(k, cfg.batch, cfg.boundary)
+            self.cache = False
         else:
             trees = data.load_trees(os.path.join(data_dir, "sst", "array_tree.txt") if data_dir else None)
             self._keys = lambda n: [k % len(trees) for k in range(n)]

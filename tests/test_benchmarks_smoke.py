@@ -65,7 +65,7 @@ def test_weights_are_deterministic_and_pytorch_shaped():
 
 # ----------------------------------------------------------------------------- twin parity
 
-STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "transformer": 3}
+STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "transformer": 3, "pinn": 3}
 
 
 def _losses(framework, model, n):
@@ -80,6 +80,8 @@ def _losses(framework, model, n):
         batches = data.load_text().batches(cfg.seq, cfg.batch)
     elif model == "cnn":
         batches = data.MnistLike().batches()
+    elif model == "pinn":
+        batches = (data.poisson_batch(k) for k in range(n))
     else:
         batches = iter(data.load_trees())
     prep = getattr(trainer, "prepare", lambda b: b)

@@ -28,7 +28,7 @@ formulations of the same model in the same framework (PyTorch's `nn.LSTM` next t
 its LSTMCell loop). The worker times each; the fastest is the framework's time.
 
 Batches are the ``benchmarks.data`` types: `CharBatch` (rnn, lstm), `ImageBatch`
-(cnn) and one `Tree` (treelstm).
+(cnn), one `Tree` (treelstm) and `PoissonBatch` (pinn).
 
 `REGISTRY` maps the harness's framework names to (module, options); a module can
 serve several names (tf and tf_xla, dynet and dynet_autobatch).
@@ -47,6 +47,7 @@ REGISTRY: Dict[str, Tuple[str, dict]] = {
     "lantern": ("benchmarks.frameworks.lantern", {}),
     "torch": ("benchmarks.frameworks.torch_eager", {}),
     "torch_compile": ("benchmarks.frameworks.torch_compile", {}),
+    "torch_func": ("benchmarks.frameworks.torch_func", {}),
     "tf": ("benchmarks.frameworks.tf_function", {"jit_compile": False}),
     "tf_xla": ("benchmarks.frameworks.tf_function", {"jit_compile": True}),
     "jax": ("benchmarks.frameworks.jax_jit", {}),
@@ -58,6 +59,7 @@ LABELS = {
     "lantern": "lantern_stage",
     "torch": "PyTorch eager",
     "torch_compile": "torch.compile",
+    "torch_func": "torch.func",
     "tf": "TF tf.function",
     "tf_xla": "TF XLA (jit_compile)",
     "jax": "JAX jit",

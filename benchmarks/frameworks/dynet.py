@@ -33,6 +33,7 @@ from typing import Dict
 
 import numpy as np
 
+from benchmarks.frameworks import Unsupported
 from benchmarks.frameworks._common import dist_version, missing
 
 _CONFIGURED = {"autobatch": None}
@@ -207,4 +208,7 @@ class DyNetTrainer:
 
 
 def build(model, weights, cfg, autobatch: bool = False):
+    if model == "pinn":
+        raise Unsupported("DyNet has no higher-order derivatives (its backward is not differentiable), "
+                          "which the PINN's loss needs")
     return DyNetTrainer(model, weights, cfg, autobatch=autobatch)

@@ -21,6 +21,11 @@ TreeLSTM (what runs fastest without retracing per tree shape):
   padded levels, writing each level's rows into a fixed-size state buffer
   (`tensor_scatter_nd_update`); padded rows are masked out of the loss. One compilation per bucket, all done by
   `precompile` before timing.
+
+PINN: the Laplacian by nested `GradientTape`s inside the training step's tape:
+an inner tape gives du/dx of the batched network, a persistent middle tape the
+derivative of each of its columns, and the outer tape the weights' gradient
+through both. Adam follows torch.optim.Adam's formula.
 """
 from __future__ import annotations
 
@@ -117,6 +122,10 @@ class TFTrainer:
             return [tf.TensorSpec([cfg.batch, 28, 28, 1], tf.float32), tf.TensorSpec([cfg.batch], tf.int32)]
         if self.model == "transformer":
             return [tf.TensorSpec([cfg.batch, cfg.seq], tf.int32), tf.TensorSpec([cfg.batch, cfg.seq], tf.int32)]
+        if self.model == "pinn":
+            n, m = cfg.batch, cfg.boundary
+            return [tf.TensorSpec([n, 2], tf.float32), tf.TensorSpec([n, 1], tf.float32),
+                    tf.TensorSpec([m, 2], tf.float32), tf.TensorSpec([m, 1], tf.float32)]
         if self.model == "treelstm" and not self.jit:
             i = tf.int32
             return [tf.TensorSpec([None], i), tf.TensorSpec([None], i), tf.TensorSpec([None], i),
@@ -131,6 +140,8 @@ class TFTrainer:
             return tf.constant(batch.x.transpose(0, 2, 3, 1)), tf.constant(batch.y)
         if self.model == "transformer":   # [seq, batch] -> [batch, seq]
             return tf.constant(batch.ids.T), tf.constant(batch.ys.T)
+        if self.model == "pinn":
+            return tuple(tf.constant(a) for a in batch)
         if self.jit:
             return tuple(tf.constant(a) for a in padded_schedule(batch))
         return tuple(tf.constant(a) for a in level_schedule(batch))
@@ -139,7 +150,7 @@ class TFTrainer:
         """Trace (and, for XLA, compile) the step for every distinct shape among
         `batches`, then restore the weights and optimizer state: compilation happens
         at a concrete function's first call, so each bucket is called once."""
-        state = self.var_list + (self.acc or [])
+        state = self.var_list + (self.acc or []) + getattr(self, "acc_sq", []) + getattr(self, "bias_corr", [])
         saved = [v.numpy() for v in state]
         seen = set()
         for b in batches:
@@ -324,6 +335,27 @@ class TFTrainer:
                                                   tf.TensorShape([None, H])])
         logits = tf.matmul(h, v["W_out"], transpose_b=True) + v["b_out"]
         return self._ce_sum(labels, logits)
+
+
+    def _mlp(self, x):
+        h = x
+        for k in (1, 2, 3):
+            h = self.tf.tanh(self._linear(h, f"fc{k}"))
+        return self._linear(h, "fc4")
+
+    def _loss_pinn(self, xi, f, xb, g):
+        tf = self.tf
+        with tf.GradientTape(persistent=True) as t2:
+            t2.watch(xi)
+            with tf.GradientTape() as t1:
+                t1.watch(xi)
+                u = self._mlp(xi)
+            du = t1.gradient(u, xi)                     # [n, 2]; rows are independent points
+            dux, duy = du[:, 0], du[:, 1]
+        lap = t2.gradient(dux, xi)[:, 0:1] + t2.gradient(duy, xi)[:, 1:2]
+        del t2
+        return (tf.reduce_mean((lap - f) ** 2)
+                + self.cfg.boundary_weight * tf.reduce_mean((self._mlp(xb) - g) ** 2))
 
 
 def build(model, weights, cfg, jit_compile: bool = False):

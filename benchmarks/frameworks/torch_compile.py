@@ -10,6 +10,8 @@ specialises it to the tree's structure and recompiles for every new tree shape
 (tens of seconds each here, and dynamo falls back to eager after its
 recompile limit), so that variant is *reported* by `probe_whole_tree_recompile`
 (``python -m benchmarks.run --probe-recompile``), not timed for an epoch.
+
+pinn: not run; torch.compile does not support double backward (see `build`).
 """
 from __future__ import annotations
 
@@ -51,7 +53,14 @@ def backend() -> str:
 
 def build(model, weights, cfg):
     import torch
+    from benchmarks.frameworks import Unsupported
     from benchmarks.frameworks.torch_models import TorchTrainer, from_weights
+    if model == "pinn":
+        # Measured with torch 2.13: torch.compile(net) runs forward and the inner
+        # autograd.grad calls, then loss.backward() fails with "RuntimeError:
+        # torch.compile with aot_autograd does not currently support double backward".
+        raise Unsupported("torch.compile with aot_autograd does not support double backward, "
+                          "which the PINN's loss.backward() through autograd.grad(create_graph=True) needs")
     net = from_weights(model, weights, cfg)
     if model == "treelstm":
         leaf, inner = torch.compile(net.leaf, backend=backend()), torch.compile(net.inner, backend=backend())

@@ -188,8 +188,40 @@ class CharTransformer(nn.Module):
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ys.reshape(-1))
 
 
+class PoissonPINN(nn.Module):
+    """Physics-informed MLP 2 -> H -> H -> H -> 1 (tanh) for u_xx + u_yy = f on the
+    unit square. The loss is mean((u_xx + u_yy - f)^2) over the interior points plus
+    cfg.boundary_weight * mean((u - g)^2) over the boundary points. The Laplacian is what a PyTorch user
+    writes: `torch.autograd.grad(..., create_graph=True)` for du, then once more per
+    coordinate for its diagonal second derivatives; `loss.backward()` then runs
+    backward through all three."""
+
+    def __init__(self, cfg: Config):
+        super().__init__()
+        H = cfg.hidden
+        self.boundary_weight = cfg.boundary_weight
+        self.fc1, self.fc2, self.fc3, self.fc4 = nn.Linear(2, H), nn.Linear(H, H), nn.Linear(H, H), nn.Linear(H, 1)
+
+    def u(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.fc1(x))
+        h = torch.tanh(self.fc2(h))
+        h = torch.tanh(self.fc3(h))
+        return self.fc4(h)
+
+    def laplacian(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().requires_grad_(True)
+        (du,) = torch.autograd.grad(self.u(x).sum(), x, create_graph=True)
+        (dux,) = torch.autograd.grad(du[:, 0].sum(), x, create_graph=True)
+        (duy,) = torch.autograd.grad(du[:, 1].sum(), x, create_graph=True)
+        return dux[:, 0:1] + duy[:, 1:2]
+
+    def forward(self, xi, f, xb, g) -> torch.Tensor:
+        residual = self.laplacian(xi) - f
+        return (residual ** 2).mean() + self.boundary_weight * ((self.u(xb) - g) ** 2).mean()
+
+
 MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM,
-                 "transformer": CharTransformer}
+                 "transformer": CharTransformer, "pinn": PoissonPINN}
 
 
 def from_weights(model: str, weights: Dict[str, np.ndarray], cfg: Config) -> nn.Module:
@@ -236,6 +268,8 @@ def prepare(model: str, batch):
     if model == "transformer":   # [seq, batch] -> [batch, seq]
         return (torch.from_numpy(np.ascontiguousarray(batch.ids.T).astype(np.int64)),
                 torch.from_numpy(np.ascontiguousarray(batch.ys.T).astype(np.int64)))
+    if model == "pinn":
+        return tuple(torch.from_numpy(a) for a in batch)
     raise ValueError(model)
 
 
@@ -263,7 +297,10 @@ class TorchTrainer:
         return loss.item()
 
     def loss(self, batch) -> float:
-        """The loss of `batch` without training (no gradient)."""
+        """The loss of `batch` without training (no weight gradient; the PINN's
+        loss itself needs input derivatives, so autograd stays on for it)."""
+        if self.model == "pinn":
+            return float(self.forward(*batch).detach())
         with torch.no_grad():
             return float(self.forward(*batch))
 

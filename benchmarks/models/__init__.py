@@ -1,6 +1,6 @@
 """The benchmark models written in lantern_stage.
 
-Each module (`rnn`, `lstm`, `cnn`, `treelstm`, `transformer`) defines the model as an
+Each module (`rnn`, `lstm`, `cnn`, `treelstm`, `transformer`, `pinn`) defines the model as an
 `lt.nn.Module` with PyTorch's parameter names and layouts, and exposes
 
     build(weights: dict, cfg: benchmarks.spec.Config) -> LanternTrainer
@@ -60,6 +60,9 @@ def config_and_data(model: str, data=None, **overrides):
         cfg = make_config(model, vocab=len(text.vocab), **overrides)
         return cfg, lambda: text.batches(cfg.seq, cfg.batch), text.source
     cfg = make_config(model, **overrides)
+    if model == "pinn":
+        return (cfg, lambda: (bdata.poisson_batch(k, cfg.batch, cfg.boundary) for k in itertools.count()),
+                "generated (uniform collocation points, seeded by the step)")
     if model == "cnn":
         images = bdata.MnistLike(batch=cfg.batch)
         return cfg, images.batches, images.source
