@@ -748,8 +748,4 @@ _install_operators()
 __all__ = [n for n in dir() if not n.startswith("_") and n not in (
     "annotations", "prod", "IntArrayType", "ShapeError", "ew", "linalg", "loss", "reduce", "shape",
     "staging_error", "builtin_sum", "builtin_max", "Rep", "as_rep", "functools", "StagingError",
-    "getitem", "shape_full", "shape_mod_resolve", "shape_reshape")]
-
-
-    "staging_error", "builtin_sum", "Rep", "as_rep", "functools", "StagingError",
-    "numpy_ufunc", "numpy_function_error")]
+    "getitem", "shape_full", "shape_mod_resolve", "shape_reshape", "numpy_ufunc", "numpy_function_error")]
