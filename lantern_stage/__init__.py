@@ -29,24 +29,24 @@ __all__ = [
     # compiling
     "compile", "CompiledFunction", "train_step", "TrainStep", "export",
     # differentiation
-    "grad", "value_and_grad",
+    "grad", "value_and_grad", "jvp", "vjp", "jacfwd", "jacrev", "hessian",
     # control flow
     "cond", "fori_loop", "while_loop", "recursive",
     # elementwise
     "add", "sub", "mul", "div", "neg", "power", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs",
-    "maximum", "minimum", "where", "cast",
+    "maximum", "minimum", "where", "cast", "erf", "sin", "cos", "log1p", "gelu", "silu", "softplus",
     # linear algebra, reductions, shapes
-    "matmul", "sum", "mean", "max", "reshape", "transpose", "concat", "stack", "split",
-    "full", "zeros", "ones", "zeros_like", "ones_like",
+    "matmul", "sum", "mean", "max", "min", "argmax", "var", "std", "logsumexp", "reshape", "transpose", "concat", "stack", "split",
+    "full", "zeros", "ones", "zeros_like", "ones_like", "arange", "tril", "triu", "one_hot",
     # neural-network ops and losses
     "linear", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding", "softmax", "log_softmax",
-    "nll_loss", "cross_entropy", "mse_loss", "assign",
+    "nll_loss", "cross_entropy", "mse_loss", "assign", "layer_norm", "batch_norm",
     # random numbers, checkpoints
     "Generator", "default_generator", "manual_seed", "save", "load",
     # errors
     "StagingError", "CompileError", "ArenaExhausted",
     # submodules
-    "nn", "optim",
+    "nn", "optim", "distributed",
 ]
 
 

@@ -417,7 +417,24 @@ assign = _nn.assign
 
 
 # ---------------------------------------------------------------- activations, statistics
-erf, sin, cos, log1p = ew.erf, ew.sin, ew.cos, ew.log1p
+def erf(x):
+    """The error function, elementwise (torch.erf)."""
+    return ew.erf(x)
+
+
+def sin(x):
+    """Sine, elementwise."""
+    return ew.sin(x)
+
+
+def cos(x):
+    """Cosine, elementwise."""
+    return ew.cos(x)
+
+
+def log1p(x):
+    """log(1 + x), elementwise, accurate for small x (numpy.log1p)."""
+    return ew.log1p(x)
 
 _SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
 _SQRT_2_OVER_PI = 0.7978845608028654
