@@ -58,7 +58,32 @@ def treelstm(cfg, trees: Sequence = ()) -> float:
     return total / len(trees)
 
 
-STEP_FLOPS: Dict[str, Callable] = {"rnn": rnn, "lstm": lstm, "cnn": cnn, "treelstm": treelstm}
+def transformer(cfg, batches=()) -> float:
+    """Per layer: the q/k/v, output and feed-forward projections of all B*S
+    positions, and each head's S x S scores and weighted values; the vocabulary
+    head; every product three times (forward, both gradients)."""
+    N, E, F, V, S = cfg.batch * cfg.seq, cfg.hidden, cfg.ff, cfg.vocab, cfg.seq
+    D = E // cfg.heads
+    attention = cfg.batch * cfg.heads * (_mm(S, D, S) + _mm(S, S, D))
+    layer = _mm(N, E, 3 * E) + _mm(N, E, E) + _mm(N, E, F) + _mm(N, F, E) + attention
+    return 3 * (cfg.layers * layer + _mm(N, E, V))
+
+
+def pinn(cfg, batches=()) -> float:
+    """The MLP's products for the fewest streams a Laplacian needs at the
+    interior points (the value, and first and second tangents along each of the
+    2 coordinates: 5), the value at the boundary points, each three times
+    (forward, both gradients)."""
+    H = cfg.hidden
+
+    def mlp(n):
+        return _mm(n, 2, H) + 2 * _mm(n, H, H) + _mm(n, H, 1)
+
+    return 3 * (5 * mlp(cfg.batch) + mlp(cfg.boundary))
+
+
+STEP_FLOPS: Dict[str, Callable] = {"rnn": rnn, "lstm": lstm, "cnn": cnn, "treelstm": treelstm,
+                                   "transformer": transformer, "pinn": pinn}
 
 
 def step_flops(model: str, cfg, batches=()) -> float | None:

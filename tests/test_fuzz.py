@@ -49,7 +49,7 @@ def test_random_arguments_never_crash_a_compiled_package(fuzz_package):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     what = f"crashed with signal {-proc.returncode}" if proc.returncode < 0 else f"exit status {proc.returncode}"
     assert proc.returncode == 0, f"the fuzzing process {what}:\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
-    assert "4 passed" in proc.stdout, proc.stdout[-2000:]
+    assert "5 passed" in proc.stdout, proc.stdout[-2000:]
 
 
 # ====================================================================== inside the subprocess
