@@ -63,9 +63,10 @@ inline void reduce_sum(const T* x, U* out, long outer, long n, long inner) {
   }
 }
 
-// n >= 1 (the shape rule rejects the max of an empty axis); NaN wins, as in numpy.
-template <class T, class U>
-inline void reduce_max(const T* x, U* out, long outer, long n, long inner) {
+// The maximum (kMax) or minimum along the middle axis.  n >= 1 (the shape
+// rules reject an empty axis); NaN wins, as in numpy.
+template <bool kMax, class T, class U>
+inline void reduce_extreme(const T* x, U* out, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o) {
     U* dst = out + o * inner;
     const T* src = x + o * n * inner;
@@ -73,24 +74,19 @@ inline void reduce_max(const T* x, U* out, long outer, long n, long inner) {
     for (long i = 1; i < n; ++i)
       for (long j = 0; j < inner; ++j) {
         U v = src[i * inner + j];
-        if (v > dst[j] || v != v) dst[j] = v;
+        if ((kMax ? v > dst[j] : v < dst[j]) || v != v) dst[j] = v;
       }
   }
 }
 
-// The minimum, as reduce_max (NaN wins, as in numpy).
+template <class T, class U>
+inline void reduce_max(const T* x, U* out, long outer, long n, long inner) {
+  reduce_extreme<true>(x, out, outer, n, inner);
+}
+
 template <class T, class U>
 inline void reduce_min(const T* x, U* out, long outer, long n, long inner) {
-  for (long o = 0; o < outer; ++o) {
-    U* dst = out + o * inner;
-    const T* src = x + o * n * inner;
-    for (long j = 0; j < inner; ++j) dst[j] = src[j];
-    for (long i = 1; i < n; ++i)
-      for (long j = 0; j < inner; ++j) {
-        U v = src[i * inner + j];
-        if (v < dst[j] || v != v) dst[j] = v;
-      }
-  }
+  reduce_extreme<false>(x, out, outer, n, inner);
 }
 
 // The index of the first maximum along the middle axis (the first NaN, if
