@@ -48,9 +48,14 @@ def _add(x, y):
     return x if y is None else add(x, y)
 
 
-def _mm_jvp(out, ins, tans, **at):
+def product_rule(op, ins, tans, at: dict):
+    """The JVP of an op linear in each of its two operands: op(da, b) + op(a, db)."""
     a, b = ins
-    return _add(None if tans[0] is None else mm(tans[0], b, **at), None if tans[1] is None else mm(a, tans[1], **at))
+    return _add(None if tans[0] is None else op(tans[0], b, **at), None if tans[1] is None else op(a, tans[1], **at))
+
+
+def _mm_jvp(out, ins, tans, **at):
+    return product_rule(mm, ins, tans, at)
 
 
 def _as(x, like):
@@ -92,8 +97,7 @@ def _mv_forward(em, out, a, x, *, M, N, trans):
 
 
 def _mv_jvp(out, ins, tans, **at):
-    a, x = ins
-    return _add(None if tans[0] is None else mv(tans[0], x, **at), None if tans[1] is None else mv(a, tans[1], **at))
+    return product_rule(mv, ins, tans, at)
 
 
 def _mv_vjp(g, out, ins, needs, *, M, N, trans):
@@ -120,9 +124,7 @@ def _outer_forward(em, out, a, b, *, M, N):
 
 
 def _outer_jvp(out, ins, tans, **at):
-    a, b = ins
-    return _add(None if tans[0] is None else outer(tans[0], b, **at),
-                None if tans[1] is None else outer(a, tans[1], **at))
+    return product_rule(outer, ins, tans, at)
 
 
 def _outer_vjp(g, out, ins, needs, *, M, N):
@@ -145,8 +147,7 @@ def _dot_forward(em, out, a, b, *, N):
 
 
 def _dot_jvp(out, ins, tans, **at):
-    a, b = ins
-    return _add(None if tans[0] is None else dot(tans[0], b, **at), None if tans[1] is None else dot(a, tans[1], **at))
+    return product_rule(dot, ins, tans, at)
 
 
 def _dot_vjp(g, out, ins, needs, *, N):
@@ -177,8 +178,7 @@ def _bmm_forward(em, out, a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb
 
 
 def _bmm_jvp(out, ins, tans, **at):
-    a, b = ins
-    return _add(None if tans[0] is None else bmm(tans[0], b, **at), None if tans[1] is None else bmm(a, tans[1], **at))
+    return product_rule(bmm, ins, tans, at)
 
 
 def _bmm_vjp(g, out, ins, needs, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):

@@ -15,6 +15,7 @@ from math import prod
 
 from ..staging import current, staging_error, user_location
 from .registry import Emitter, ShapeError, TensorType, as_rep, broadcast_shapes, defop
+from .linalg import product_rule
 
 
 def _need_float(what: str, t: TensorType) -> None:
@@ -127,13 +128,8 @@ def _dx_forward(em, out, g, w, *, in_shape, stride, padding):
             **_conv2d_dims(out, w, stride, padding))
 
 
-def _dx_jvp(out, ins, tans, *, in_shape, stride, padding):
-    from .linalg import _add
-
-    g, w = ins
-    at = dict(in_shape=in_shape, stride=stride, padding=padding)
-    return _add(None if tans[0] is None else conv2d_dx(tans[0], w, **at),
-                None if tans[1] is None else conv2d_dx(g, tans[1], **at))
+def _dx_jvp(out, ins, tans, **at):
+    return product_rule(conv2d_dx, ins, tans, at)
 
 
 def _dx_vjp(c, out, ins, needs, *, in_shape, stride, padding):
@@ -155,13 +151,8 @@ def _dw_forward(em, out, x, g, *, w_shape, stride, padding):
             **_conv2d_dims(x, out, stride, padding))
 
 
-def _dw_jvp(out, ins, tans, *, w_shape, stride, padding):
-    from .linalg import _add
-
-    x, g = ins
-    at = dict(w_shape=w_shape, stride=stride, padding=padding)
-    return _add(None if tans[0] is None else conv2d_dw(tans[0], g, **at),
-                None if tans[1] is None else conv2d_dw(x, tans[1], **at))
+def _dw_jvp(out, ins, tans, **at):
+    return product_rule(conv2d_dw, ins, tans, at)
 
 
 def _dw_vjp(c, out, ins, needs, *, w_shape, stride, padding):
