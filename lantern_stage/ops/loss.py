@@ -140,9 +140,10 @@ def _nll_layout(logp, reduction):
 
 
 def _target_memory(em, target):
-    """The kernels read targets from memory; a 0-d target may be a literal
-    (a Python int) or a staged int held by value: put it in a buffer."""
-    if target.storage not in ("const", "scalar"):
+    """The kernels read targets from memory (a staged 0-d int held by value
+    is passed by its address); a literal target (a Python int) is put in a
+    one-element buffer."""
+    if target.storage != "const":
         return target
     buf = em.tmp(TensorType((1,), "int32"))
     em.map(buf, "{0}", target)
