@@ -82,3 +82,23 @@ def test_gradients_through_consed_values_and_branches():
             ref_value, ref_g = 2.0 * np.sum(t * t), 4.0 * t * dt
         np.testing.assert_allclose(value, ref_value, rtol=1e-5)
         np.testing.assert_allclose(g, ref_g, rtol=1e-5, atol=1e-6)
+
+
+def test_a_consed_value_with_two_uses_sums_its_gradient_in_registers():
+    """tanh(x) used twice is one value whose gradient buffer gets two
+    contributions; fusion sums them in the backward loop's registers
+    (passes/fusion.py), so no gradient buffer of tanh is left in memory."""
+    w1 = np.linspace(-1.0, 1.0, 64).astype(np.float32)
+    w2 = np.cos(np.arange(64)).astype(np.float32)
+
+    @lt.compile
+    def f(x: lt.Tensor[64]):
+        return lt.value_and_grad(lambda x: lt.sum(lt.tanh(x) * w1) + lt.sum(lt.tanh(x) * w2))(x)
+
+    x = np.linspace(-2.0, 2.0, 64).astype(np.float32)
+    value, g = f(x)
+    src = f.cpp_source
+    assert src.count("lt::tanh_f(") == 1 and "d_tanh" not in src
+    t = np.tanh(x.astype(np.float64))
+    np.testing.assert_allclose(value, np.sum(t * w1) + np.sum(t * w2), rtol=1e-5)
+    np.testing.assert_allclose(g, (w1 + w2) * (1.0 - t * t), rtol=1e-5, atol=1e-6)
