@@ -66,7 +66,7 @@ class Scope:
     rev: "RevLevel | None"  # the reverse level whose ops this scope tracks
     # Hash-consing table (module docstring): key -> ConsEntry; shared with
     # the enclosing scope unless this scope runs many times (a barrier).
-    cons: dict = None
+    cons: dict
 
 
 class RevLevel:
