@@ -340,22 +340,31 @@ def _zeros(r: Rep) -> Rep:
 
 
 # ------------------------------------------------------------ Jacobians
-def _one_arg(fn_name, f, argnums, args):
-    if not isinstance(argnums, int):
-        raise staging_error(f"{fn_name}: argnums must be one int (the argument to differentiate)")
-    if not -len(args) <= argnums < len(args):
-        raise staging_error(f"{fn_name}: argnums {argnums} out of range for {len(args)} arguments")
-    n = argnums % len(args)
-    x = as_rep(args[n])
-    if x.dtype != "float32":
-        raise staging_error(f"{fn_name}: can only differentiate a float32 tensor, got {x.type}")
+def _jacobian_args(fn_name, argnums, args) -> list[int]:
+    """The differentiated argument positions: one int, or a tuple of them
+    (JAX's argnums; a tuple gives a tuple of Jacobians)."""
+    nums = [argnums] if isinstance(argnums, int) and not isinstance(argnums, bool) else argnums
+    if not isinstance(nums, (list, tuple)) or not nums or any(
+            isinstance(n, bool) or not isinstance(n, int) for n in nums):
+        raise staging_error(f"{fn_name}: argnums must be an int or a non-empty tuple of ints, got {argnums!r}")
+    out = []
+    for n in nums:
+        if not -len(args) <= n < len(args):
+            raise staging_error(f"{fn_name}: argnums {n} out of range for {len(args)} arguments")
+        n %= len(args)
+        if n in out:
+            raise staging_error(f"{fn_name}: argnums {argnums!r} names argument {n} twice")
+        x = as_rep(args[n])
+        if x.dtype != "float32":
+            raise staging_error(f"{fn_name}: can only differentiate float32 tensors, argument {n} is {x.type}")
+        out.append(n)
+    return out
 
-    def at(v):
-        a = list(args)
-        a[n] = v
-        return f(*a)
 
-    return x, at
+def _with(args, n, v):
+    a = list(args)
+    a[n] = v
+    return a
 
 
 def _single_output(fn_name, out) -> Rep:
@@ -367,48 +376,82 @@ def _single_output(fn_name, out) -> Rep:
 
 def jacfwd(f, argnums=0):
     """The Jacobian out.shape + x.shape by forward mode: one jvp per element
-    of x (for small inputs)."""
+    of x (for small inputs).  With a tuple of argnums, a tuple of Jacobians,
+    one per argument; a function returning a tuple (or any nesting) of
+    tensors gives that nesting of Jacobians (so `hessian` takes argnums
+    tuples too, as JAX's: H[i][j] = d^2 f / dx_i dx_j)."""
     from .api import reshape, stack
+
+    def flat_outputs(out):
+        leaves, tree = staged_leaves(out, "jacfwd output")
+        for r in leaves:
+            if r.dtype != "float32":
+                raise staging_error(f"jacfwd: the function must return float32 tensors, got {r.type}")
+        return leaves, tree
 
     @functools.wraps(f)
     def wrapped(*args):
-        x, at = _one_arg("jacfwd", f, argnums, args)
-        cols, out = [], None
-        for j in range(x.size):
-            e = np.zeros(x.size, np.float32)
-            e[j] = 1.0
-            y, t = jvp(lambda v: _single_output("jacfwd", at(v)), (x,), (e.reshape(x.shape),))
-            out = y
-            cols.append(reshape(t, (y.size,)))
-        if out is None:
-            raise staging_error("jacfwd: the argument has no elements")
-        return reshape(stack(cols, axis=1), out.shape + x.shape)
+        nums = _jacobian_args("jacfwd", argnums, args)
+        per_arg, trees = [], []  # per argument: one Jacobian per output leaf
+
+        def leaves_of(n, v):
+            leaves, tree = flat_outputs(f(*_with(args, n, v)))
+            trees.append(tree)
+            return tuple(leaves)
+
+        for n in nums:
+            x = as_rep(args[n])
+            cols, outs = None, None
+            for j in range(x.size):
+                e = np.zeros(x.size, np.float32)
+                e[j] = 1.0
+                ys, ts = jvp(lambda v: leaves_of(n, v), (x,), (e.reshape(x.shape),))
+                outs = ys
+                cols = [[] for _ in ys] if cols is None else cols
+                for c, y, t in zip(cols, ys, ts):
+                    c.append(reshape(t, (y.size,)))
+            if outs is None:
+                raise staging_error(f"jacfwd: argument {n} has no elements")
+            per_arg.append([reshape(stack(c, axis=1), y.shape + x.shape) for c, y in zip(cols, outs)])
+        leaves = [per_arg[0][k] if isinstance(argnums, int) else tuple(jac[k] for jac in per_arg)
+                  for k in range(len(per_arg[0]))]
+        return tree_unflatten(trees[0], leaves)
 
     return wrapped
 
 
 def jacrev(f, argnums=0):
     """The Jacobian out.shape + x.shape by reverse mode: one gradient per
-    element of the output (one in all for a scalar function)."""
+    element of the output (one in all for a scalar function), with respect
+    to every argument of a tuple of argnums at once (a tuple of Jacobians)."""
     from .api import reshape, stack
 
     @functools.wraps(f)
     def wrapped(*args):
-        x, at = _one_arg("jacrev", f, argnums, args)
+        nums = _jacobian_args("jacrev", argnums, args)
+        xs = [as_rep(args[n]) for n in nums]
+
+        def at(vs):
+            a = list(args)
+            for n, v in zip(nums, vs):
+                a[n] = v
+            return _single_output("jacrev", f(*a))
 
         def row(i):
-            def pick(v):
-                y = _single_output("jacrev", at(v))
+            def pick(*vs):
+                y = at(vs)
                 return y if y.shape == () else reshape(y, (y.size,))[i]
 
-            return grad(pick)(x)
+            return grad(pick, argnums=tuple(range(len(xs))))(*xs)
 
-        out_shape = _output_shape(lambda: _single_output("jacrev", at(x)))
+        out_shape = _output_shape(lambda: at(xs))
         if out_shape == ():
-            return row(None)
-        n = int(np.prod(out_shape))
-        rows = [row(i) for i in range(n)]
-        return reshape(stack([reshape(r, (x.size,)) for r in rows], axis=0), out_shape + x.shape)
+            jacs = list(row(None))
+        else:
+            rows = [row(i) for i in range(int(np.prod(out_shape)))]
+            jacs = [reshape(stack([reshape(r[k], (x.size,)) for r in rows], axis=0), out_shape + x.shape)
+                    for k, x in enumerate(xs)]
+        return jacs[0] if isinstance(argnums, int) else tuple(jacs)
 
     return wrapped
 

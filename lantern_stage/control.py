@@ -280,6 +280,7 @@ class RecursiveFunction:
         lam.params, pairs = _params(b, expand_types(out_types, levels), b.in_grad, "r")
         b.emit(ir.LamDef(lam))
         b.emit(ir.Call(fun, _args(b, expand(b, reps), b.in_grad), lam))
+        b.note_call()  # its body (staged before, maybe) may assign captured arrays
         b.continue_in(lam.body)
         return tree_unflatten(out_tree, collapse(_reps(pairs, lam.body), out_types, levels))
 
@@ -297,7 +298,7 @@ class RecursiveFunction:
             return tree, [t if isinstance(t, TensorType) else TensorType((), "int32") for t in leaves]
         depth = b.depth()
         self._probing.add(key)
-        b.open_scope("type inference")
+        b.open_scope("type inference", barrier=True)
         try:
             _, pairs = _params(b, expand_types(types, b.jvp_levels), b.in_grad, "a")
             args = collapse(_reps(pairs, b.block), types, b.jvp_levels)
@@ -321,7 +322,7 @@ class RecursiveFunction:
         out_flat, _ = _params(b, expand_types(sig[1], levels), grad, "k_arg")
         params, pairs = _params(b, expand_types(types, levels), grad, "a")
         depth = b.depth()
-        body = b.open_scope(f"function {self.fn.__name__}")
+        body = b.open_scope(f"function {self.fn.__name__}", barrier=True)
         fun = ir.Fun(name, params, ir.KParam(b.fresh("k"), out_flat), body)
         self._defs.setdefault(key, []).append((here, fun, sig))
         try:
@@ -415,7 +416,7 @@ def _direct_loop(b, tree, reps, cond_fn, body_fn, what, counter):
     carry = tree_unflatten(tree, collapse([Rep(v, here) for v in carry_vars], types, b.jvp_levels))
 
     depth = b.depth()
-    head = b.open_scope(f"{what} test", parent=here)
+    head = b.open_scope(f"{what} test", parent=here, barrier=True)
     try:
         test = as_rep(cond_fn(carry))
         if test.type.shape != () or test.type.dtype not in ("bool", "int32"):
@@ -428,7 +429,7 @@ def _direct_loop(b, tree, reps, cond_fn, body_fn, what, counter):
         b.unwind_to(depth)
         raise
 
-    body = b.open_scope(f"{what} body", parent=head)
+    body = b.open_scope(f"{what} body", parent=head, barrier=True)
     try:
         new = _checked(body_fn(carry), (tree, _signature(reps)), what)
 

@@ -8,6 +8,25 @@ program" into a fresh continuation block, so a scope owns a list of blocks.
 Each block keeps the backward emitters of the ops staged into it; closing the
 scope emits its tail (seed the loss, or jump to the continuation) and then
 flushes every block's backward emitters in reverse: `fwd; k(y); bwd`.
+
+Hash-consing.  Applying a pure op whose name, operand values and static
+attributes equal those of an op applied before, in a block visible from
+here, returns that op's value instead of staging it again (ops/registry.py),
+so that derivative rules which recompute a value - the primal of nested
+jvps, a tangent equal to another one, `1 - y*y` of tanh in its JVP and its
+VJP - produce one value with fan-out rather than copies.  What makes it
+safe is decided here:
+  - an operand is identified by its variable and the number of writes
+    staged so far into the buffer under it (`note_writes`, through views),
+    so a value read before an `assign` never stands for one read after it;
+  - gradient buffers (accumulated into by callees too) are never operands
+    of a consed op;
+  - the table belongs to a scope; loop heads and bodies and function
+    bodies (`barrier=True`), which run many times, start an empty one, and
+    a call of a staged function counts as a write to every captured array
+    (its body may assign them); cond branches and value_and_grad bodies
+    run at most once per visit and share their parent's table, where the
+    visibility of the recorded block keeps a branch's values in it.
 """
 from __future__ import annotations
 
@@ -45,6 +64,9 @@ def staging_error(message: str) -> StagingError:
 class Scope:
     blocks: list
     rev: "RevLevel | None"  # the reverse level whose ops this scope tracks
+    # Hash-consing table (module docstring): key -> ConsEntry; shared with
+    # the enclosing scope unless this scope runs many times (a barrier).
+    cons: dict
 
 
 class RevLevel:
@@ -96,6 +118,7 @@ class Acc:
 
     def __init__(self, var, level, tangents=None):
         self.var = var
+        current().accumulators.add(var.name)  # never an operand of a consed op
         self.level = level
         self.tangents: dict = tangents or {}
         self.touched = False
@@ -114,7 +137,12 @@ class Builder:
         self._counter = 0
         root = ir.Block(label="entry")
         self.root = root
-        self.scopes: list[Scope] = [Scope([root], None)]
+        self.scopes: list[Scope] = [Scope([root], None, {})]
+        # Hash-consing (module docstring): staged writes per underlying
+        # buffer, the buffer under each view, the gradient buffers.
+        self.writes: dict[str, int] = {}
+        self.alias_root: dict[str, str] = {}
+        self.accumulators: set[str] = set()
         # Forward-mode levels open right now, outermost first.
         self.jvp_levels: list[JvpLevel] = []
         # Arrays the staged code reads or updates in place without their being
@@ -198,14 +226,47 @@ class Builder:
 
     def emit(self, stmt: ir.Stmt) -> None:
         self.block.stmts.append(stmt)
+        if isinstance(stmt, ir.Alias):
+            self.alias_root[stmt.var.name] = self.root_of(stmt.base)
+        self.note_writes(stmt.writes())
+
+    # ---------------------------------------------------------- hash-consing
+    def root_of(self, var: ir.Var) -> str:
+        """The name of the buffer a view (of a view ...) aliases."""
+        return self.alias_root.get(var.name, var.name)
+
+    def note_writes(self, vars_) -> None:
+        for v in vars_:
+            r = self.root_of(v)
+            self.writes[r] = self.writes.get(r, 0) + 1
+
+    def operand_key(self, var: ir.Var):
+        """What identifies an operand's value for hash-consing, or None when
+        it cannot be an operand of a consed op (a gradient buffer)."""
+        if var.storage == "const":
+            value = var.value
+            return ("const", var.dtype, value.hex() if isinstance(value, float) else repr(value))
+        if var.name in self.accumulators:
+            return None
+        return (var.name, self.writes.get(self.root_of(var), 0))
+
+    def cons_table(self) -> dict:
+        return self.scopes[-1].cons
+
+    def note_call(self) -> None:
+        """A call of a staged function may assign captured arrays."""
+        self.note_writes([v for _, v in self.captures])
 
     def push_backward(self, emitter) -> None:
         self.block.pending.append(emitter)
 
-    def open_scope(self, label: str, rev=..., parent: ir.Block | None = None) -> ir.Block:
-        """A new scope; `rev`: the reverse level it tracks (default: the current one)."""
+    def open_scope(self, label: str, rev=..., parent: ir.Block | None = None, barrier: bool = False) -> ir.Block:
+        """A new scope; `rev`: the reverse level it tracks (default: the
+        current one); `barrier`: it may run many times (a loop or function
+        body), so it sees none of the consed values of the scopes outside."""
         block = ir.Block(parent=parent or self.block, label=label)
-        self.scopes.append(Scope([block], self.rev if rev is ... else rev))
+        cons = {} if barrier else self.scopes[-1].cons
+        self.scopes.append(Scope([block], self.rev if rev is ... else rev, cons))
         return block
 
     def continue_in(self, block: ir.Block) -> None:
@@ -221,7 +282,7 @@ class Builder:
         for block in reversed(scope.blocks):
             # Backward rules are staged with no reverse level: an enclosing
             # one sees a whole inner value_and_grad as one op (autodiff.py).
-            self.scopes.append(Scope([block], None))
+            self.scopes.append(Scope([block], None, scope.cons))
             try:
                 while block.pending:
                     block.pending.pop()()

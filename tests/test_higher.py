@@ -407,16 +407,34 @@ def _scalar_torch(x):
     return torch.sum(torch.sigmoid(x) * x ** 3) + torch.max(x) * x[0]
 
 
+def _two(x, y):
+    """[4] from x [4] and y [3] (the same formula in lt and torch)."""
+    return x * (y * y).sum() + (x[::-1] * y[0]).sin()
+
+
+def _two_scalar(x, y):
+    return (x.tanh() * (y * y).sum()).sum() + (y * x[1:]).sum() * x[0]
+
+
+def _two_torch(x, y):
+    return x * (y * y).sum() + (torch.flip(x, (0,)) * y[0]).sin()
+
+
 @cache
 def jacobian_program():
-    def f(x: lt.Tensor[4], ct: lt.Tensor[4], m: lt.Tensor[2, 3]):
+    def f(x: lt.Tensor[4], ct: lt.Tensor[4], m: lt.Tensor[2, 3], y: lt.Tensor[3]):
         jf = lt.jacfwd(_small)(x)
         jr = lt.jacrev(_small)(x)
         h = lt.hessian(_scalar)(x)
         out, vjp_fn = lt.vjp(_small, x)
         (vj,) = vjp_fn(ct)
         hm = lt.hessian(lambda m: lt.sum(lt.tanh(m @ m.T)))(m)  # a 2-D argument
-        return jf, jr, h, out, vj, hm
+        # tuples of argnums: a tuple of Jacobians (a nesting of them for hessian), as JAX's
+        jf2 = lt.jacfwd(_two, argnums=(0, 1))(x, y)
+        jr2 = lt.jacrev(_two, argnums=(1, 0))(x, y)
+        gr2 = lt.jacrev(_two_scalar, argnums=(0, 1))(x, y)
+        h2 = lt.hessian(_two_scalar, argnums=(0, 1))(x, y)
+        return jf, jr, h, out, vj, hm, jf2, jr2, gr2, h2
 
     return lt.compile(f)
 
@@ -426,7 +444,8 @@ def test_jacobians_hessian_vjp_against_torch():
     x = rng.standard_normal(4).astype(np.float32)
     ct = rng.standard_normal(4).astype(np.float32)
     m = rng.standard_normal((2, 3)).astype(np.float32)
-    jf, jr, h, out, vj, hm = jacobian_program()(x, ct, m)
+    y3 = rng.standard_normal(3).astype(np.float32)
+    jf, jr, h, out, vj, hm, jf2, jr2, gr2, h2 = jacobian_program()(x, ct, m, y3)
     X = torch.tensor(_f64(x))
     J = torch.autograd.functional.jacobian(_small_torch, X).numpy()
     _close(jf, J, "jacfwd vs torch.autograd.functional.jacobian")
@@ -438,6 +457,18 @@ def test_jacobians_hessian_vjp_against_torch():
     H = torch.autograd.functional.hessian(lambda a: torch.sum(torch.tanh(a @ a.T)), torch.tensor(_f64(m)))
     assert hm.shape == (2, 3, 2, 3)
     _close(hm, H.numpy(), "hessian of a 2-D argument vs torch")
+    X, Y = torch.tensor(_f64(x)), torch.tensor(_f64(y3))
+    for got, ref, what in [
+        (jf2, torch.func.jacfwd(_two_torch, argnums=(0, 1))(X, Y), "jacfwd argnums=(0, 1)"),
+        (jr2, torch.func.jacrev(_two_torch, argnums=(1, 0))(X, Y), "jacrev argnums=(1, 0)"),
+        (gr2, torch.func.jacrev(_two_scalar, argnums=(0, 1))(X, Y), "jacrev of a scalar, argnums=(0, 1)"),
+        (h2[0], torch.func.hessian(_two_scalar, argnums=(0, 1))(X, Y)[0], "hessian argnums=(0, 1), row 0"),
+        (h2[1], torch.func.hessian(_two_scalar, argnums=(0, 1))(X, Y)[1], "hessian argnums=(0, 1), row 1"),
+    ]:
+        assert isinstance(got, tuple) and len(got) == 2, what
+        for k, (g, r) in enumerate(zip(got, ref)):
+            assert g.shape == tuple(r.shape), (what, k, g.shape, r.shape)
+            _close(g, r.numpy(), f"{what} [{k}] vs torch.func")
 
 
 # ---------------------------------------------------------------- train_step
@@ -555,9 +586,17 @@ def test_jvp_rejects_bad_tangents_and_int_primals():
         lt.compile(int_primal)(np.ones(3, np.int32))
 
 
-def test_jacobian_of_two_arguments_at_once_is_a_clear_error():
-    def f(x: lt.Tensor[3]):
-        return lt.jacfwd(lambda a, b: a * b, argnums=(0, 1))(x, x)
+def test_jacobian_argnums_errors():
+    def check(jac, argnums, match):
+        def f(x: lt.Tensor[3], i: lt.Tensor[3, "int32"]):
+            return jac(lambda a, b, c: a * b, argnums=argnums)(x, x, i)
 
-    with pytest.raises(lt.StagingError, match="argnums must be one int"):
-        lt.compile(f)(np.ones(3, np.float32))
+        with pytest.raises(lt.StagingError, match=match):
+            lt.compile(f)(np.ones(3, np.float32), np.ones(3, np.int32))
+
+    for jac in (lt.jacfwd, lt.jacrev):
+        check(jac, (0, 3), "argnums 3 out of range for 3 arguments")
+        check(jac, (0, -3), "names argument 0 twice")
+        check(jac, (), "argnums must be an int or a non-empty tuple of ints")
+        check(jac, "0", "argnums must be an int or a non-empty tuple of ints")
+        check(jac, (0, 2), "can only differentiate float32 tensors, argument 2 is int32")

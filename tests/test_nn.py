@@ -587,3 +587,23 @@ def test_train_step_with_aux_and_frozen_parameters():
     loss, top = step(rand(rng, 10, 6), rng.integers(0, 3, 10).astype(np.int32))
     assert isinstance(loss, float) and top.shape == ()
     np.testing.assert_array_equal(model.fc1.weight.data, frozen)  # not in the optimizer: not updated
+
+
+def test_cross_entropy_of_one_row_with_a_python_int_or_staged_int_target():
+    """A 0-d target is a literal (Python int) or a staged int held by value:
+    both reach the nll kernels, forward and backward, as a 1-element buffer."""
+
+    @lt.compile
+    def f(x: lt.Tensor[5], k: lt.Int):
+        literal = lt.value_and_grad(lambda v: lt.cross_entropy(v, 2))(x)
+        staged = lt.value_and_grad(lambda v: lt.cross_entropy(v * 2.0, k, reduction="sum"))(x)
+        return literal, staged
+
+    x = np.array([0.5, -1.0, 2.0, 0.1, -0.3], np.float32)
+    (v1, g1), (v2, g2) = f(x, 4)
+    for value, grad, scale, target in ((v1, g1, 1.0, 2), (v2, g2, 2.0, 4)):
+        t = torch.tensor(x.astype(np.float64), requires_grad=True)
+        ref = torch.nn.functional.cross_entropy(t * scale, torch.tensor(target))
+        ref.backward()
+        np.testing.assert_allclose(value, ref.item(), rtol=1e-5)
+        np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -131,6 +131,16 @@ def staged_leaves(value, what: str) -> tuple[list[Rep], TreeDef]:
 
 
 # ------------------------------------------------------------- applying
+@dataclass
+class ConsEntry:
+    """An applied pure op, for hash-consing (staging.py): its value, and its
+    gradient buffer per (reverse level, the operands' gradient buffers)."""
+
+    var: ir.Var
+    block: ir.Block
+    grads: dict
+
+
 def apply(op: Op, inputs, attrs) -> Rep:
     b = current()
     reps = [as_rep(x) for x in inputs]
@@ -153,8 +163,21 @@ def apply(op: Op, inputs, attrs) -> Rep:
             if accs[k] is None and rev.tracked_outside(r):
                 rev.reads[id(r)] = r  # an input of this whole value_and_grad, for the levels outside
     needs_grad = out_type.is_float and op.differentiable and any(a is not None for a in accs)
+    grad_key = (rev, tuple(accs))
 
-    if op.view is not None:
+    key = _cons_key(b, op, reps, attrs)
+    entry = b.cons_table().get(key) if key is not None else None
+    if entry is not None and b.visible(entry.block):
+        # The same pure op on the same values: its value again, with its
+        # gradient buffer when tracked alike (one value with fan-out, whose
+        # backward runs once, after every use's), else a buffer of its own.
+        rep = Rep(entry.var, entry.block)
+        if needs_grad:
+            rep.grad = entry.grads.get(grad_key)
+            if rep.grad is None:
+                _track(b, op, rep, reps, accs, attrs, user_location())
+                entry.grads[grad_key] = rep.grad
+    elif op.view is not None:
         offset = op.view(*[r.type for r in reps], **attrs)
         src = reps[0]
         out = b.new_var(out_type, op.name)
@@ -164,30 +187,88 @@ def apply(op: Op, inputs, attrs) -> Rep:
         b.emit(ir.Alias(out, src.var, offset))
         rep = Rep(out, b.block)
         if needs_grad:
-            rep.grad = _alias_acc(b, accs[0], out_type, offset)
+            _track(b, op, rep, reps, accs, attrs, None)
+        if key is not None:
+            b.cons_table()[key] = ConsEntry(out, b.block, {grad_key: rep.grad} if needs_grad else {})
     else:
         loc = user_location()
         zero = op.zeroed_output(attrs) if callable(op.zeroed_output) else op.zeroed_output
+        start = len(b.block.stmts)
         out = b.alloc(out_type, op.name, zero=zero)
         em = Emitter(b, f"{op.name} {loc}")
         op.forward(em, out, *[r.var for r in reps], **attrs)
         rep = Rep(out, b.block)
         if needs_grad:
-            rep.grad = b.new_acc(out_type, rev, "d_" + out.name + "_")
-
-            def backward():
-                if not rep.grad.touched:  # nothing downstream used it: zero cotangent
-                    return
-                g = acc_value(rep.grad)
-                cts = op.vjp(g, rep, reps, [a is not None for a in accs], **attrs)
-                for acc, ct in zip(accs, cts):
-                    if acc is not None and ct is not None:
-                        accumulate(acc, ct, f"d {op.name} {loc}")
-
-            b.push_backward(backward)
+            _track(b, op, rep, reps, accs, attrs, loc)
+        if key is not None and _writes_only_its_own(b.block.stmts[start:], out):
+            b.cons_table()[key] = ConsEntry(out, b.block, {grad_key: rep.grad} if needs_grad else {})
     if out_type.is_float and op.differentiable and b.jvp_levels:
         _stage_jvp(b, op, rep, reps, attrs)
     return rep
+
+
+def _cons_key(b, op: Op, reps: list, attrs):
+    """What identifies an application of `op` for hash-consing, or None when
+    it must be staged anew (an operand is a gradient buffer, an attribute
+    is not a plain constant)."""
+    operands = []
+    for r in reps:
+        k = b.operand_key(r.var)
+        if k is None:
+            return None
+        operands.append(k)
+    frozen = _freeze(attrs)
+    return None if frozen is None else (op.name, tuple(operands), frozen)
+
+
+def _freeze(value):
+    """A hashable form of an attribute that tells apart what compares equal
+    but computes differently (0.0 and -0.0, 1 and 1.0 and True); None for
+    anything else (arrays, objects)."""
+    if value is None or isinstance(value, str):
+        return ("v", value)
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int):
+        return ("i", value)
+    if isinstance(value, float):
+        return ("f", value.hex())
+    if isinstance(value, (tuple, list)):
+        items = tuple(_freeze(v) for v in value)
+        return None if any(i is None for i in items) else (type(value).__name__, items)
+    if isinstance(value, dict):
+        items = tuple((k, _freeze(v)) for k, v in sorted(value.items()))
+        return None if any(i[1] is None for i in items) else ("d", items)
+    return None
+
+
+def _writes_only_its_own(stmts, out) -> bool:
+    """The op's forward wrote only its output and its own temporaries - no
+    side effect (a random generator advancing its state in place)."""
+    own = {id(out)} | {id(s.var) for s in stmts if isinstance(s, ir.Alloc)}
+    return all(id(v) in own for s in stmts for v in s.writes())
+
+
+def _track(b, op: Op, rep: Rep, reps: list, accs: list, attrs, loc) -> None:
+    """`rep`'s gradient buffer at the current reverse level: a view's aliases
+    its input's; an op's is a fresh buffer whose backward turn stages the
+    op's VJP rule and adds the cotangents into the inputs' buffers."""
+    if op.view is not None:
+        offset = op.view(*[r.type for r in reps], **attrs)
+        rep.grad = _alias_acc(b, accs[0], rep.type, offset)
+        return
+    rep.grad = b.new_acc(rep.type, b.rev, "d_" + rep.var.name + "_")
+
+    def backward():
+        if not rep.grad.touched:  # nothing downstream used it: zero cotangent
+            return
+        g = acc_value(rep.grad)
+        cts = op.vjp(g, rep, reps, [a is not None for a in accs], **attrs)
+        for acc, ct in zip(accs, cts):
+            if acc is not None and ct is not None:
+                accumulate(acc, ct, f"d {op.name} {loc}")
+
+    b.push_backward(backward)
 
 
 def _stage_jvp(b, op: Op, rep: Rep, reps: list, attrs) -> None:

@@ -166,17 +166,25 @@ def _promote(program, buffers) -> None:
                 new.append(ir.Let(a.name, expr))
                 continue
             key = buffers.key(a.dst)
+            held = known.get(key)
             for k in [k for k in known if k[0] == key[0]]:
                 del known[k]
             if a.accumulate:
-                new.append(ir.Assign(a.dst, True, expr))
-                continue
+                if held is None or _is_reduction(a.dst, stmt.shape):
+                    new.append(ir.Assign(a.dst, True, expr))
+                    continue
+                # This loop assigned the element before (one element per
+                # index): `d += e` is `d = v + e` with v its register, so a
+                # gradient summed within the loop is summed in registers.
+                # (A first access `d += e` stays one: its read of d is an
+                # accumulation's, which keeps nothing alive - read_counts.)
+                expr = ("fmt", "({0} + {1})", [("local", held), expr])
             counter[0] += 1
             name = f"v{counter[0]}"
             new.append(ir.Let(name, expr))
             new.append(ir.Assign(a.dst, False, ("local", name)))
             known[key] = name
-        stmt.assigns = _drop_single_use_lets(new)
+        stmt.assigns = _drop_single_use_lets(_drop_overwritten_stores(new, buffers))
 
     # Stores into owned buffers that no other statement reads are dead now.
     reads = read_counts(program.body, buffers)
@@ -187,6 +195,31 @@ def _promote(program, buffers) -> None:
                 if isinstance(a, ir.Let) or not buffers.is_owned(a.dst.var)
                 or reads.get(buffers.key(a.dst)[0], 0) > 0 or a.accumulate
             ]
+
+
+def _is_reduction(dst: ir.View, shape) -> bool:
+    """Many indices of the loop add into one element (a zero stride)."""
+    return any(st == 0 and n != 1 for st, n in zip(dst.strides, shape))
+
+
+def _drop_overwritten_stores(assigns, buffers):
+    """A store that a later store of the same elements replaces, with no read
+    of that buffer from memory in between, is dead."""
+    out, replaced = [], set()  # view keys stored later in the loop
+    for a in reversed(assigns):
+        if isinstance(a, ir.Assign):
+            key = buffers.key(a.dst)
+            if not a.accumulate and key in replaced:
+                continue
+        roots = {buffers.key(v)[0] for v in ir.expr_loads(a.expr)}
+        if isinstance(a, ir.Assign) and a.accumulate:
+            roots.add(key[0])
+        replaced = {k for k in replaced if k[0] not in roots}
+        if isinstance(a, ir.Assign) and not a.accumulate:
+            replaced.add(key)
+        out.append(a)
+    out.reverse()
+    return out
 
 
 def _substitute(expr, known, buffers):
