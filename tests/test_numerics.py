@@ -197,8 +197,6 @@ def test_sums_and_means_of_millions_of_elements_match_float64(reductions):
     close64(out[9], f64["a"] @ f64["a"], "1-D @ 1-D over 1e6 elements")
 
 
-@pytest.mark.xfail(strict=True, reason="loop sums in double are disabled (LOOP_SUMS_IN_DOUBLE in codegen/cpp.py): "
-                   "they made the CNN's conv gradients drift from float64 (tests/test_models.py)")
 def test_reduction_shaped_gradients_match_float64(reductions):
     ins, out = reductions
     f64 = {k: np.asarray(x, np.float64) for k, x in ins.items()}

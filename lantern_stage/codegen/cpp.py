@@ -205,11 +205,7 @@ class Renderer:
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
         stride_of = {id(v): st for v, st in zip(views, strides)}
-        # Disabled: with the double accumulators below, the CNN's conv weight
-        # gradients drift 100x further from float64 (tests/test_models.py,
-        # cnn); not yet understood, so loop sums stay float32 running sums.
-        sums = [a for a in m.assigns if LOOP_SUMS_IN_DOUBLE and isinstance(a, ir.Assign)
-                and _is_float_sum(a, stride_of[id(a.dst)])]
+        sums = [a for a in m.assigns if isinstance(a, ir.Assign) and _is_float_sum(a, stride_of[id(a.dst)])]
         order = _reduction_order(shape, [stride_of[id(a.dst)] for a in sums])
         shape = [shape[d] for d in order]
         strides = [[st[d] for d in order] for st in strides]
@@ -302,7 +298,6 @@ def _is_float_sum(a, dst_strides) -> bool:
     return a.accumulate and a.dst.var.dtype == "float32" and any(s == 0 for s in dst_strides)
 
 
-LOOP_SUMS_IN_DOUBLE = False
 # Longest row of double accumulators kept on the stack (32 KB).
 ROW_SUM_MAX = 4096
 # Other sums over fewer loop iterations than this stay in their loop's order
