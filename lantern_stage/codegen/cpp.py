@@ -221,8 +221,8 @@ class Renderer:
                 elif s:
                     terms.append(f"{name} * {s}")
             index[id(v)] = " + ".join(terms) or "0"
-        # Sums add into doubles, then once into memory (float32 running sums
-        # drift by n * 6e-8; see reduce_sum in kernels.h): see _accumulator.
+        # Sums add into doubles (_accumulator), then once into memory: float32
+        # running sums drift by n * 6e-8 (see reduce_sum in kernels.h).
         accs = {}  # id(assign) -> (name, level, [(dim, compact stride)] or None)
         for a in sums:
             acc = _accumulator(shape, stride_of[id(a.dst)])
