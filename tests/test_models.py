@@ -22,6 +22,20 @@ here is a fixed count of steps or a fixed distance from float32 PyTorch:
   distance from float64 up to step t + 2 (`LOOKAHEAD`), and never needs to be
   closer than `LOSS_FLOOR` (~30 float32 ulps of the loss: a step's worth of
   float32 sums).  The same for the weights after 20 steps, with `WEIGHT_FLOOR`.
+* The CNN's forward makes discrete choices (max pooling, relu).  Where two
+  pooled candidates are a few float32 ulps apart (step 17 at the paper
+  settings: 0.09963167 vs 0.09963173 in float64), any float32 implementation
+  may pick the other one than float64 -- float32 PyTorch does from the very
+  same weights, 5 times in 200 steps on a Sapphire Rapids Xeon -- and one
+  such choice moves conv2's weights by 5e-5 of their size.  Whether
+  lantern_stage picks the same side as float32 PyTorch is decided by last bits
+  (the OpenBLAS kernel, the order of a bias sum), so a parity test cannot
+  count on it.  For such a model the weights after 20 steps are also allowed
+  the float64 trajectory's own sensitivity: how far it ends up when its
+  initial weights are scaled by 1 +- `PERTURBATION` (a fixed random sign per
+  weight; the pair is antithetic, so to first order one of the two moves every
+  near tie towards the other choice).  That is float64 only, the same on every
+  CPU.  Its first step has no near tie and is checked tightly.
 * "It learns" is judged on fixed batches: the float64 twin, loaded with
   lantern_stage's weights before and after the 20 steps, evaluates the first
   5 training batches.  Per-step training losses of different batches (trees
@@ -100,6 +114,37 @@ def train_side_by_side(model, lr=None, float64=False):
     return np.array(losses), [trainer.weights()] + [t.weights() for t in twins]
 
 
+def float64_sensitivity(model, lr):
+    """How far STEPS float64 steps end from the float64 trajectory when the
+    initial weights are scaled by 1 +- PERTURBATION: the larger of the two
+    (max_rel_diff of the final weights).  Computed once per (model, lr)."""
+    key = (model, lr)
+    if key not in _SENSITIVITY:
+        cfg, batches = config(model)
+        cfg = dataclasses.replace(cfg, lr=lr)
+        weights = init_weights(cfg)
+        rng = np.random.default_rng(0)
+        signs = {k: rng.choice([-1.0, 1.0], size=v.shape) for k, v in weights.items()}
+        twins = []
+        for sign in (0.0, 1.0, -1.0):
+            net = from_weights(model, weights, cfg).double()
+            with torch.no_grad():
+                for name, p in net.named_parameters():
+                    p.mul_(torch.from_numpy(1.0 + sign * PERTURBATION * signs[name]))
+            twins.append(TorchTrainer(model, net, cfg))
+        it = batches()
+        for _ in range(STEPS):
+            prepared = to64(twins[0].prepare(next(it)))
+            for twin in twins:
+                twin.step(prepared)
+        exact = twins[0].weights()
+        _SENSITIVITY[key] = max(max_rel_diff(t.weights(), exact) for t in twins[1:])
+    return _SENSITIVITY[key]
+
+
+_SENSITIVITY: dict = {}
+
+
 def rel(a, b):
     return np.abs(a - b) / np.abs(b)
 
@@ -108,6 +153,11 @@ RATIO = 100.0
 LOOKAHEAD = 2
 LOSS_FLOOR = 2e-6
 WEIGHT_FLOOR = 1e-5
+DISCRETE = ("cnn",)  # models whose forward makes discrete choices (max pooling, relu)
+# About 16 float32 ulps: above the float32 trajectories' own distance from
+# float64 before the CNN's first near tie (2.4e-7 after 16 steps).
+PERTURBATION = 1e-6
+GRADIENT_RTOL = 1e-5  # ~100 float32 ulps: a step's gradients through its sums
 
 
 def assert_losses_within_float32_noise(ours, theirs, exact):
@@ -122,10 +172,11 @@ def assert_losses_within_float32_noise(ours, theirs, exact):
         f"(float32 PyTorch vs float64: {f32_err})")
 
 
-def assert_weights_within_float32_noise(w_ours, w_theirs, w_exact):
+def assert_weights_within_float32_noise(w_ours, w_theirs, w_exact, model, lr):
     ours, f32 = max_rel_diff(w_ours, w_exact), max_rel_diff(w_theirs, w_exact)
     assert set(w_ours) == set(w_exact)
-    assert ours <= max(WEIGHT_FLOOR, RATIO * f32), (ours, f32)
+    sensitivity = float64_sensitivity(model, lr) if model in DISCRETE else 0.0
+    assert ours <= max(WEIGHT_FLOOR, RATIO * f32, sensitivity), (ours, f32, sensitivity)
 
 
 def fixed_batch_loss(model, cfg, weights, batches):
@@ -141,9 +192,33 @@ def test_losses_match_float64_at_the_paper_settings(model):
     (ours, theirs, exact), (w_ours, w_theirs, w_exact) = train_side_by_side(model, float64=True)
     assert rel(ours[:1], exact[:1])[0] < LOSS_FLOOR  # the first step is well posed everywhere
     assert_losses_within_float32_noise(ours, theirs, exact)
-    assert_weights_within_float32_noise(w_ours, w_theirs, w_exact)
+    assert_weights_within_float32_noise(w_ours, w_theirs, w_exact, model, cfg.lr)
     # It learns: the same 5 batches score lower with the trained weights.
     assert fixed_batch_loss(model, cfg, w_ours, batches) < fixed_batch_loss(model, cfg, init_weights(cfg), batches)
+
+
+@pytest.mark.parametrize("model", DISCRETE)
+def test_first_update_matches_float64(model):
+    """A model with discrete choices is compared over its trajectory within the
+    float64 trajectory's sensitivity (see the module docstring); its first
+    step, from the shared initial weights, has no near tie and is compared
+    tightly: each tensor's update within GRADIENT_RTOL of float64's, plus the
+    round-off of storing the new weight in float32."""
+    cfg, batches, trainer = lantern_trainer(model)
+    trainer.train_step.optimizer.lr = cfg.lr
+    initial = init_weights(cfg)
+    twin = TorchTrainer(model, from_weights(model, initial, cfg).double(), cfg)
+    batch = next(batches())
+    trainer.step(trainer.prepare(batch))
+    twin.step(to64(twin.prepare(batch)))
+    ours, exact = trainer.weights(), twin.weights()
+    for name, w0 in initial.items():
+        ours_update = ours[name].astype(np.float64) - w0
+        exact_update = exact[name] - w0
+        scale = np.abs(exact_update).max()
+        allowed = GRADIENT_RTOL + np.finfo(np.float32).eps * np.abs(exact[name]).max() / scale
+        err = np.abs(ours_update - exact_update).max() / scale
+        assert err <= allowed, (name, err, allowed)
 
 
 # Not the transformer: Adam, like Adagrad at the paper's settings, is
@@ -159,7 +234,7 @@ def test_first_20_losses_and_weights_match_float64(model):
     (ours, theirs, exact), (w_ours, w_theirs, w_exact) = train_side_by_side(model, lr=lr, float64=True)
     np.testing.assert_allclose(ours, exact, rtol=1e-5)
     assert_losses_within_float32_noise(ours, theirs, exact)
-    assert_weights_within_float32_noise(w_ours, w_theirs, w_exact)
+    assert_weights_within_float32_noise(w_ours, w_theirs, w_exact, model, cfg.lr if lr is None else lr)
 
 
 # ---------------------------------------------------------------- checkpoints

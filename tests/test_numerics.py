@@ -159,16 +159,19 @@ N_ONES, N_TENTHS, N_MSE, ROWS = 2**25, 10**7, 10**6, 2**20
 @lt.compile
 def long_reductions(ones: lt.Tensor[N_ONES], tenths: lt.Tensor[N_TENTHS], a: lt.Tensor[N_MSE],
                     b: lt.Tensor[N_MSE], m: lt.Tensor[ROWS, 4], w: lt.Tensor[()], v: lt.Tensor[4],
-                    k: lt.Tensor[2**14, 3, 16], u: lt.Tensor[3, 1]):
-    # reduction-shaped backward: a broadcast scalar, row, and middle axis
-    def loss(w, v, u):
-        return lt.sum(a * w) + lt.sum(m * v) + lt.sum(k * u)
+                    k: lt.Tensor[2**14, 3, 16], u: lt.Tensor[3, 1], g: lt.Tensor[50, 7, 50, 129],
+                    r: lt.Tensor[129], c: lt.Tensor[7, 1, 129]):
+    # reduction-shaped backward: a broadcast scalar, row, and middle axis; and
+    # two sums of different shapes in one fused loop (r a row, c a block)
+    def loss(w, v, u, r, c):
+        return lt.sum(a * w) + lt.sum(m * v) + lt.sum(k * u) + lt.sum(g * r * c)
 
-    value, (dw, dv, du) = lt.value_and_grad(loss, argnums=(0, 1, 2))(w, v, u)
+    value, (dw, dv, du, dr, dc) = lt.value_and_grad(loss, argnums=(0, 1, 2, 3, 4))(w, v, u, r, c)
     logits = lt.reshape(a, (1, N_MSE))
     return (lt.sum(ones), lt.mean(ones), lt.sum(tenths), lt.mse_loss(a, b), lt.sum(m, axis=0),
             value, dw, dv, du, a @ a, lt.log_softmax(logits)[0, :8], lt.cross_entropy(lt.reshape(a, (N_MSE // 2, 2)),
-                                                                         lt.zeros(N_MSE // 2, dtype="int32")))
+                                                                         lt.zeros(N_MSE // 2, dtype="int32")),
+            dr, dc)
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +181,8 @@ def reductions():
                a=rng.standard_normal(N_MSE).astype(np.float32) + 0.5, b=rng.standard_normal(N_MSE).astype(np.float32),
                m=(rng.random((ROWS, 4)) + 0.1).astype(np.float32), w=np.float32(0.75),
                v=np.array([1, -1, 0.5, 2], np.float32), k=rng.random((2**14, 3, 16)).astype(np.float32),
-               u=np.array([[1], [2], [-1]], np.float32))
+               u=np.array([[1], [2], [-1]], np.float32), g=rng.random((50, 7, 50, 129)).astype(np.float32),
+               r=(rng.random(129) + 0.5).astype(np.float32), c=(rng.random((7, 1, 129)) + 0.5).astype(np.float32))
     return ins, long_reductions(**ins)
 
 
@@ -197,16 +201,36 @@ def test_sums_and_means_of_millions_of_elements_match_float64(reductions):
     close64(out[9], f64["a"] @ f64["a"], "1-D @ 1-D over 1e6 elements")
 
 
-@pytest.mark.xfail(strict=True, reason="loop sums in double are disabled (LOOP_SUMS_IN_DOUBLE in codegen/cpp.py): "
-                   "they made the CNN's conv gradients drift from float64 (tests/test_models.py)")
 def test_reduction_shaped_gradients_match_float64(reductions):
     ins, out = reductions
     f64 = {k: np.asarray(x, np.float64) for k, x in ins.items()}
     value, dw, dv, du = out[5:9]
-    close64(value, (f64["a"] * f64["w"]).sum() + (f64["m"] * f64["v"]).sum() + (f64["k"] * f64["u"]).sum(), "loss")
+    dr, dc = out[12:14]
+    grc = f64["g"] * f64["r"] * f64["c"]
+    close64(value, (f64["a"] * f64["w"]).sum() + (f64["m"] * f64["v"]).sum() + (f64["k"] * f64["u"]).sum() + grc.sum(),
+            "loss")
     close64(dw, f64["a"].sum(), "gradient of a scalar broadcast over 1e6 elements")
     close64(dv, f64["m"].sum(axis=0), "gradient of a row broadcast over 2**20 rows")
     close64(du, f64["k"].sum(axis=(0, 2))[:, None], "gradient of a column broadcast over axes 0 and 2")
+    close64(dr, (f64["g"] * f64["c"]).sum(axis=(0, 1, 2)), "row gradient beside a block gradient in one loop")
+    close64(dc, (f64["g"] * f64["r"]).sum(axis=(0, 2))[:, None, :], "block gradient over axes 0 and 2 beside a row")
+
+
+def test_a_sum_read_in_its_own_loop_stays_a_running_sum():
+    """Codegen: a float sum is held in doubles only when nothing else in its
+    loop touches its destination; a loop that reads it (fusion never makes
+    one) keeps its meaning, the running sum in memory."""
+    from lantern_stage import ir
+    from lantern_stage.codegen.cpp import LoopKernels, render_body
+    from lantern_stage.types import TensorType
+
+    x, s, y = (ir.Var(n, TensorType(shape)) for n, shape in (("x", (100, 4)), ("s", (4,)), ("y", (100, 4))))
+    column_sum = ir.Assign(ir.View(s, 0, (0, 1)), True, ("load", ir.View(x, 0, (4, 1))))
+    read_of_the_sum = ir.Assign(ir.View(y, 0, (4, 1)), False, ("load", ir.View(s, 0, (0, 1))))
+    for assigns, doubles in (([column_sum], True), ([column_sum, read_of_the_sum], False)):
+        kernels = LoopKernels()
+        render_body(ir.Block([ir.Map((100, 4), assigns)]), kernels)
+        assert ("double acc0[4]" in kernels.definitions[0]) == doubles, kernels.definitions[0]
 
 
 def test_softmax_family_over_a_million_classes_matches_float64(reductions):

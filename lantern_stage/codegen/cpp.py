@@ -205,15 +205,12 @@ class Renderer:
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
         stride_of = {id(v): st for v, st in zip(views, strides)}
-        # Disabled: with the double accumulators below, the CNN's conv weight
-        # gradients drift 100x further from float64 (tests/test_models.py,
-        # cnn); not yet understood, so loop sums stay float32 running sums.
-        sums = [a for a in m.assigns if LOOP_SUMS_IN_DOUBLE and isinstance(a, ir.Assign)
-                and _is_float_sum(a, stride_of[id(a.dst)])]
-        order = _reduction_order(shape, [stride_of[id(a.dst)] for a in sums])
-        shape = [shape[d] for d in order]
-        strides = [[st[d] for d in order] for st in strides]
-        stride_of = {id(v): st for v, st in zip(views, strides)}
+        sums = self._float_sums(m, stride_of)
+        if _reorderable(m, stride_of, sums, self.roots):
+            order = _reduction_order(shape, [stride_of[id(a.dst)] for a in sums])
+            shape = [shape[d] for d in order]
+            strides = [[st[d] for d in order] for st in strides]
+            stride_of = {id(v): st for v, st in zip(views, strides)}
         names = [f"i{d}" for d in range(len(shape))]
         index = {}
         for v, st in zip(views, strides):
@@ -224,24 +221,18 @@ class Renderer:
                 elif s:
                     terms.append(f"{name} * {s}")
             index[id(v)] = " + ".join(terms) or "0"
-        # Sums add into doubles, then once into memory (float32 running sums
-        # drift by n * 6e-8; see reduce_sum in kernels.h).  A sum over trailing
-        # loops (stride 0 there) holds one double across them, declared at the
-        # first reduced loop `level`; a sum over all loops but the last (a bias
-        # gradient: rows into one row) holds a row of doubles, so the loop
-        # keeps its order and stays vectorised.
-        accs = {}  # id(assign) -> (name, level, row length or None)
+        # Sums add into doubles (_accumulator), then once into memory: float32
+        # running sums drift by n * 6e-8 (see reduce_sum in kernels.h).
+        accs = {}  # id(assign) -> (name, level, [(dim, compact stride)] or None)
         for a in sums:
-            st = stride_of[id(a.dst)]
-            name = f"acc{len(accs)}"
-            if st[-1] == 0:
-                accs[id(a)] = (name, next(d for d in range(len(st)) if all(x == 0 for x in st[d:])), None)
-            elif len(st) > 1 and all(x == 0 for x in st[:-1]) and shape[-1] <= ROW_SUM_MAX:
-                accs[id(a)] = (name, 0, shape[-1])
+            acc = _accumulator(shape, stride_of[id(a.dst)])
+            if acc is not None:
+                accs[id(a)] = (f"acc{len(accs)}", acc[0], acc[1])
         for d, (name, n) in enumerate(zip(names, shape)):
-            for acc, level, row in accs.values():
+            for acc, level, kept in accs.values():
                 if level == d:
-                    self.line(f"double {acc} = 0.0;" if row is None else f"double {acc}[{row}] = {{}};")
+                    size = prod(shape[k] for k, _ in kept) if kept is not None else None
+                    self.line(f"double {acc} = 0.0;" if kept is None else f"double {acc}[{size}] = {{}};")
             self.line(f"for (long {name} = 0; {name} < {n}; ++{name}) {{")
             self.indent += 1
         if not shape:
@@ -252,8 +243,8 @@ class Renderer:
             if isinstance(a, ir.Let):
                 self.line(f"const auto {self.locals.get(a.name, a.name)} = {self.expr(a.expr, index)};")
             elif id(a) in accs:
-                acc, _, row = accs[id(a)]
-                target = acc if row is None else f"{acc}[{names[-1]}]"
+                acc, _, kept = accs[id(a)]
+                target = acc if kept is None else f"{acc}[{_compact_index(names, kept)}]"
                 self.line(f"{target} += {self.expr(a.expr, index)};")
             else:
                 op = "+=" if a.accumulate else "="
@@ -265,13 +256,30 @@ class Renderer:
             for a in sums:
                 if id(a) not in accs or accs[id(a)][1] != d:
                     continue
-                acc, _, row = accs[id(a)]
-                if row is None:
+                acc, _, kept = accs[id(a)]
+                if kept is None:
                     self.line(f"{self.load(a.dst, index)} += static_cast<float>({acc});")
-                else:
-                    last = names[-1]
-                    self.line(f"for (long {last} = 0; {last} < {row}; ++{last}) "
-                              f"{self.load(a.dst, index)} += static_cast<float>({acc}[{last}]);")
+                else:  # after every loop: a loop nest over the kept dimensions
+                    nest = " ".join(f"for (long {names[k]} = 0; {names[k]} < {shape[k]}; ++{names[k]})"
+                                    for k, _ in kept)
+                    self.line(f"{nest} {self.load(a.dst, index)} += "
+                              f"static_cast<float>({acc}[{_compact_index(names, kept)}]);")
+
+    def _float_sums(self, m: ir.Map, stride_of: dict) -> list:
+        """The float sums of `m` that may be held in accumulators: no other
+        view of the map touches their destination's buffer (only other sums
+        into it), so nothing reads a partial sum.  Fusion never makes such a
+        map (passes/fusion.py, `_compatible`); this keeps the meaning of one
+        that does: sequential float32 running sums."""
+        sums = [a for a in m.assigns if isinstance(a, ir.Assign) and _is_float_sum(a, stride_of[id(a.dst)])]
+        sum_ids = {id(a) for a in sums}
+        touched = set()
+        for a in m.assigns:
+            views = list(ir.expr_loads(a.expr))
+            if isinstance(a, ir.Assign) and id(a) not in sum_ids:
+                views.append(a.dst)
+            touched.update(self.roots.get(id(v.var), id(v.var)) for v in views)
+        return [a for a in sums if self.roots.get(id(a.dst.var), id(a.dst.var)) not in touched]
 
     def _hoist_conditional_loads(self, m: ir.Map, index: dict) -> None:
         """Read the operands of `c ? a : b` into locals first, so that every
@@ -302,29 +310,81 @@ def _is_float_sum(a, dst_strides) -> bool:
     return a.accumulate and a.dst.var.dtype == "float32" and any(s == 0 for s in dst_strides)
 
 
-LOOP_SUMS_IN_DOUBLE = False
-# Longest row of double accumulators kept on the stack (32 KB).
+# Most elements a sum's block of double accumulators may have (32 KB of stack).
 ROW_SUM_MAX = 4096
-# Other sums over fewer loop iterations than this stay in their loop's order
-# with float32 running sums (error below 64 * 6e-8); longer ones get their
-# reduced loops moved innermost, where one double holds them.
+# Sums over fewer loop iterations than this keep float32 running sums (error
+# below 64 * 6e-8) unless one row or one scalar of doubles holds them.
 SHORT_SUM = 64
 
 
+def _accumulator(shape, st):
+    """(level, kept, whole) of the doubles that hold a sum with destination
+    strides `st` in loop order, or None (float32 running sums in memory);
+    `whole` when they hold all of it:
+
+    * over trailing loops only: one double, declared before loop `level`, the
+      first reduced one (kept None);
+    * else, over at most ROW_SUM_MAX destination elements: a block of doubles
+      indexed by the kept loops, [(loop, compact stride)], declared before
+      every loop (level 0) and added into memory after them.  A bias gradient
+      (rows into one row) is the common case: the loop keeps its order and
+      stays vectorised.  A block that is not one row is worth its zeroing and
+      its final pass only for sums of SHORT_SUM or more terms;
+    * else, trailing reduced loops (if any) in one double, the rest in memory.
+    """
+    n = len(st)
+    reduced = [d for d in range(n) if st[d] == 0]
+    kept = [d for d in range(n) if st[d] != 0]
+    if reduced == list(range(n - len(reduced), n)):
+        return reduced[0], None, True
+    size = prod(shape[d] for d in kept)
+    if size <= ROW_SUM_MAX and (kept == [n - 1] or prod(shape[d] for d in reduced) >= SHORT_SUM):
+        compact, stride = [], 1
+        for d in reversed(kept):
+            compact.append((d, stride))
+            stride *= shape[d]
+        return 0, compact[::-1], True
+    if st[-1] == 0:
+        return next(d for d in range(n) if all(x == 0 for x in st[d:])), None, False
+    return None
+
+
+def _compact_index(names, kept) -> str:
+    return " + ".join(names[d] if c == 1 else f"{names[d]} * {c}" for d, c in kept)
+
+
+def _reorderable(m: ir.Map, stride_of: dict, sums, roots: dict) -> bool:
+    """Whether the loops of `m` may run in another order: each element is
+    touched by one iteration only, except through the sums (which commute).
+    So no other write has a zero stride, and a buffer written (other than by
+    the sums) is read and written through that one view of that one var."""
+    sum_ids = {id(a) for a in sums}
+    written = {}  # root id -> the views of it
+    for a in m.assigns:
+        if isinstance(a, ir.Assign) and id(a) not in sum_ids:
+            if any(x == 0 for x in stride_of[id(a.dst)]):
+                return False
+            written.setdefault(roots.get(id(a.dst.var), id(a.dst.var)), set())
+    for v in _views(m):
+        root = roots.get(id(v.var), id(v.var))
+        if root in written:
+            written[root].add((id(v.var), v.offset, v.strides))
+    return all(len(views) == 1 for views in written.values())
+
+
 def _reduction_order(shape, sum_strides) -> list[int]:
-    """Loop order for the sums of one loop: the given order when every sum is
-    over trailing loops, or over all loops but a last one of at most
-    ROW_SUM_MAX, or short; else (one kind of sum) its reduced loops move
-    innermost, keeping their relative order."""
+    """Loop order for the sums of one loop: the given one unless every sum is
+    of one kind that _accumulator cannot hold in doubles whole (over
+    non-trailing loops into more than ROW_SUM_MAX elements) and is not short;
+    then its reduced loops move innermost, keeping their relative order, and
+    one double holds it."""
     order = list(range(len(shape)))
     zero_sets = {tuple(d for d, s in enumerate(st) if s == 0) for st in sum_strides}
-    n = len(shape)
-    handled = [z == tuple(range(n - len(z), n)) or (z == tuple(range(n - 1)) and shape[-1] <= ROW_SUM_MAX)
-               for z in zero_sets]
-    if all(handled) or len(zero_sets) != 1:
+    if len(zero_sets) != 1:
         return order
     reduced = zero_sets.pop()
-    if prod(shape[d] for d in reduced) < SHORT_SUM:
+    acc = _accumulator(shape, sum_strides[0])
+    if (acc is not None and acc[2]) or prod(shape[d] for d in reduced) < SHORT_SUM:
         return order
     return [d for d in order if d not in reduced] + list(reduced)
 
