@@ -104,9 +104,11 @@ def lantern_worker(args) -> dict:
                              accumulate=per_rank, data_parallel=world > 1)
         trees = [tuple(t) for t in load_trees()]
 
-        def update(i):  # trees of update i: 20 consecutive ones, this rank's every world-th
-            for j in range(i * TREES + rank, (i + 1) * TREES, world):
-                step(*trees[j % len(trees)])
+        def update(i):  # trees of update i: 20 consecutive ones, this rank's balanced share
+            for tree in shares[i % len(shares)]:
+                step(*tree)
+
+        shares = [lt.distributed.balance(_update_trees(trees, i), _nodes) for i in range(len(trees) // TREES)]
 
         n = UPDATES["lantern"]["treelstm"]
         seconds = _time_updates(update, n, lt.distributed.barrier)
@@ -161,14 +163,17 @@ def torch_worker(args) -> dict:
 
             def update(i):
                 opt.zero_grad(set_to_none=True)
-                mine = list(range(i * TREES + rank, (i + 1) * TREES, world))
+                mine = shares[i % len(shares)]
                 for k, j in enumerate(mine):
                     last = k == len(mine) - 1
                     # DDP's gradient accumulation: all-reduce only on the last backward
                     ctx = ddp.no_sync() if world > 1 and not last else _nothing()
                     with ctx:
-                        (ddp(trees[j % len(trees)]) / TREES * world).backward()
+                        (ddp(trees[j]) / TREES * world).backward()
                 opt.step()
+
+            raw = load_trees()  # the same balanced shares as lantern_stage's
+            shares = [_balanced_indices(raw, i, rank, world) for i in range(len(raw) // TREES)]
 
             n, count = UPDATES["torch"]["treelstm"], TREES
         seconds = _time_updates(update, n, barrier)
@@ -176,6 +181,24 @@ def torch_worker(args) -> dict:
     if world > 1:
         torch.distributed.destroy_process_group()
     return out if rank == 0 else {}
+
+
+def _update_trees(trees, i):
+    """The 20 consecutive trees of update i."""
+    return trees[i * TREES:(i + 1) * TREES]
+
+
+def _nodes(tree) -> int:
+    return len(tree[0])  # labels: one per node
+
+
+def _balanced_indices(trees, i, rank, world):
+    """lt.distributed.balance's share of update i for the PyTorch workers
+    (outside MPI): the same split, by index."""
+    import lantern_stage as lt
+
+    return lt.distributed.balance(range(i * TREES, (i + 1) * TREES), lambda j: len(trees[j].labels),
+                                  rank=rank, size=world)
 
 
 class _nothing:

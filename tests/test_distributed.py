@@ -225,6 +225,18 @@ def test_split_needs_a_divisible_axis(monkeypatch):
         lt.distributed.split(np.arange(5))
 
 
+def test_balance_gives_equal_counts_and_near_equal_cost():
+    sizes = [9, 1, 7, 3, 3, 5, 2, 8, 4, 6]
+    shares = [lt.distributed.balance(sizes, lambda s: s, rank=r, size=2) for r in range(2)]
+    assert [len(s) for s in shares] == [5, 5]
+    assert sorted(shares[0] + shares[1]) == sorted(sizes)  # a partition
+    assert sum(shares[0]) == sum(shares[1]) == 24  # round-robin: 25 vs 23
+    assert shares[0] == [9, 1, 3, 5, 6]  # deterministic, in the items' order
+    assert lt.distributed.balance(sizes, lambda s: s) == sizes  # one process: everything
+    with pytest.raises(ValueError, match="10 items do not divide into 3 ranks"):
+        lt.distributed.balance(sizes, lambda s: s, rank=0, size=3)
+
+
 # ------------------------------------------------------------------ under mpirun -n 2
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
