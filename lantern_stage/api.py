@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from math import prod
 
+from . import einsum as _einsum
 from .ops import elementwise as ew
 from .ops import linalg, loss, reduce, shape
 from .ops import nn as _nn
@@ -90,6 +91,14 @@ def where(cond, a, b):
 def matmul(a, b):
     """a @ b with numpy's matmul rules (also the `@` operator)."""
     return linalg.matmul(a, b)
+
+
+def einsum(subscripts, *operands):
+    """numpy.einsum / torch.einsum: "ij,jk->ik", "bhqd,bhkd->bhqk", "ij->ji",
+    "i,j->ij", "ii->", "ii->i", "ij->j", implicit output ("ij,jk"), "..." for
+    broadcast dimensions; staged as permutations, (batched) matrix products
+    and sums (module `lantern_stage.einsum`), so it is differentiable to any order."""
+    return _einsum.einsum(subscripts, *operands)
 
 
 def neg(x):
