@@ -77,7 +77,8 @@ class MultiheadAttention(Module):
             q, k, v = qkv[0], qkv[1], qkv[2]
         else:
             q, k, v = self._project(query, 0), self._project(key, 1), self._project(value, 2)
-        scores = (q @ F.transpose(k, (0, 1, 3, 2))) * (1.0 / math.sqrt(D))  # [B, H, L, S]
+        # q k^T through sgemm's transpose flag: k is read in place, not transposed into a copy
+        scores = F.einsum("bhqd,bhkd->bhqk", q, k) * (1.0 / math.sqrt(D))  # [B, H, L, S]
         if attn_mask is not None:
             m = as_rep(attn_mask)
             if m.shape == (B * H, L, S):
