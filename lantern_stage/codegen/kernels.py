@@ -42,9 +42,15 @@ def _batched_gemm(p: Prim) -> str:
     def lst(xs):
         return "{" + ", ".join(str(int(x)) for x in xs) + "}"
 
+    def at(k, key):  # operand k's pointer, moved to its first matrix
+        off = a.get(key, 0)
+        return ptr(k) + (f" + {off}" if off else "")
+
+    # Row strides only when some matrix is a block of a wider one (attention's heads).
+    lds = f", {a['lda']}, {a['ldb']}, {a['ldc']}" if "lda" in a else ""
     return (f"lt::batched_gemm({cbool(a['ta'])}, {cbool(a['tb'])}, {a['M']}, {a['N']}, {a['K']}, "
-            f"{ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {_beta(p)}, "
-            f"{lst(a['batch'])}, {lst(a['sa'])}, {lst(a['sb'])}, {lst(a['so'])});")
+            f"{at(p.ins[0], 'oa')}, {at(p.ins[1], 'ob')}, {at(p.outs[0], 'oc')}, {_beta(p)}, "
+            f"{lst(a['batch'])}, {lst(a['sa'])}, {lst(a['sb'])}, {lst(a['so'])}{lds});")
 
 
 def _gemv(p: Prim) -> str:

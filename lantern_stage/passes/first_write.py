@@ -7,6 +7,7 @@ fill."""
 from __future__ import annotations
 
 from .. import ir
+from ..ops.linalg import bmm_covers_output
 from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
@@ -61,7 +62,7 @@ def _writes_all_first(stmt, var, buffers) -> bool:
         if not (stmt.accumulate and len(stmt.outs) == 1 and whole(stmt.outs[0])
                 and all(buffers.of(v)[0] is not var for v in stmt.ins)):
             return False
-        if stmt.kind in _ASSIGNABLE or stmt.kind == "batched_gemm" and _batch_covers_once(stmt.attrs, var):
+        if stmt.kind in _ASSIGNABLE or stmt.kind == "batched_gemm" and bmm_covers_output(stmt.attrs, var.size):
             stmt.accumulate = False
             return True
         return False
@@ -90,16 +91,3 @@ def _covers_once(shape, strides, size) -> bool:
         step *= n
     return step == size
 
-
-def _batch_covers_once(attrs, var) -> bool:
-    """A batched gemm writes each element of `var` exactly once: its batch
-    of M x N blocks has var's size and no batch dimension of extent > 1 is
-    summed into one block (output stride 0, the cotangent of a broadcast
-    operand).  Its output strides are the contiguous ones of the operand's
-    shape (ops/linalg.py `_batch_strides`), so distinct blocks are disjoint."""
-    blocks = 1
-    for n, stride in zip(attrs["batch"], attrs["so"]):
-        if n > 1 and stride == 0:
-            return False
-        blocks *= n
-    return blocks * attrs["M"] * attrs["N"] == var.size
