@@ -78,6 +78,11 @@ def _layout_call(fn: str):
     return render
 
 
+def _softmax_backward(p: Prim) -> str:
+    # Adds into dx, or assigns when it is dx's first write (passes/first_write.py).
+    return _layout_call("softmax_backward")(p)[:-2] + ("" if p.accumulate else ", false") + ");"
+
+
 def _nll(p: Prim) -> str:
     a = p.attrs
     return f"lt::nll({ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {a['N']}, {a['C']}, {a['scale']!r}f);"
@@ -170,7 +175,7 @@ KERNELS = {
     "reduce_argmax": _layout_call("reduce_argmax"),
     "softmax": _layout_call("softmax"),
     "log_softmax": _layout_call("log_softmax"),
-    "softmax_backward": _layout_call("softmax_backward"),
+    "softmax_backward": _softmax_backward,
     "log_softmax_backward": _layout_call("log_softmax_backward"),
     "nll": _nll,
     "nll_backward": _nll_backward,

@@ -1,8 +1,8 @@
 """Assign instead of zero-filling and accumulating: backward code adds into
 zeroed gradient buffers; where the first statement to touch a zeroed buffer
 writes every element of it (an elementwise `+=` over its whole extent, a
-gemm/gemv/dot with beta = 1, or a batched gemm whose batch covers the
-buffer once), it may assign instead (beta = 0) and the buffer needs no zero
+gemm/gemv/dot with beta = 1, softmax's backward kernel, or a batched gemm
+whose batch covers the buffer once), it may assign instead (beta = 0) and the buffer needs no zero
 fill."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from ..ops.linalg import bmm_covers_output
 from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
-_ASSIGNABLE = {"gemm", "gemv", "dot"}
+_ASSIGNABLE = {"gemm", "gemv", "dot", "softmax_backward"}
 
 
 def assign_first_writes(program) -> None:
