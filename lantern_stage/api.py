@@ -445,7 +445,7 @@ def log1p(x):
     """log(1 + x), elementwise, accurate for small x (numpy.log1p)."""
     return ew.log1p(x)
 
-_SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
+
 _SQRT_2_OVER_PI = 0.7978845608028654
 
 
@@ -455,7 +455,7 @@ def gelu(x, approximate="none"):
     or PyTorch's tanh approximation (approximate="tanh")."""
     x = as_rep(x)
     if approximate == "none":
-        return x * 0.5 * (erf(x * _SQRT_HALF) + 1.0)
+        return ew.gelu(x)
     if approximate == "tanh":
         return x * 0.5 * (tanh((x + power(x, 3) * 0.044715) * _SQRT_2_OVER_PI) + 1.0)
     raise staging_error(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
