@@ -1,9 +1,9 @@
 """Assign instead of zero-filling and accumulating: backward code adds into
 zeroed gradient buffers; where the first statement to touch a zeroed buffer
-writes every element of it (an elementwise `+=` over its whole extent, a
-gemm/gemv/dot with beta = 1, softmax's backward kernel, or a batched gemm
-whose batch covers the buffer once), it may assign instead (beta = 0) and the buffer needs no zero
-fill."""
+writes every element of it (an elementwise `+=` over its whole extent, in
+any order, a gemm/gemv/dot with beta = 1, softmax's backward kernel, or a
+batched gemm whose blocks cover the buffer once), it may assign instead
+(beta = 0) and the buffer needs no zero fill."""
 from __future__ import annotations
 
 from .. import ir
