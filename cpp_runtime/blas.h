@@ -9,18 +9,26 @@
 
 namespace lt {
 
-// C[M,N] = op(A) op(B) + beta C;  op(A) is [M,K], op(B) is [K,N].
-inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float* C, float beta) {
+// C[M,N] = op(A) op(B) + beta C;  op(A) is [M,K], op(B) is [K,N]; rows lda,
+// ldb, ldc elements apart.
+inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
+                 int ldc, float beta) {
   scipy_cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans, M, N, K, 1.0f,
-                    A, ta ? M : K, B, tb ? K : N, beta, C, N);
+                    A, lda, B, ldb, beta, C, ldc);
+}
+
+// The same for packed matrices.
+inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float* C, float beta) {
+  gemm(ta, tb, M, N, K, A, ta ? M : K, B, tb ? K : N, C, N, beta);
 }
 
 // One gemm per element of a (broadcast) batch: matrix t of A, B and C starts
 // at sum_d idx_d * stride_d over the batch dimensions `dims` (stride 0: a
-// broadcast operand, or - for C - a sum over that dimension, with beta = 1).
+// broadcast operand, or - for C - a sum over that dimension, with beta = 1);
+// its rows are lda, ldb, ldc elements apart (blocks of wider matrices).
 inline void batched_gemm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float* C,
                          float beta, std::initializer_list<long> dims, std::initializer_list<long> sa,
-                         std::initializer_list<long> sb, std::initializer_list<long> sc) {
+                         std::initializer_list<long> sb, std::initializer_list<long> sc, int lda, int ldb, int ldc) {
   const int nd = static_cast<int>(dims.size());
   const long* dim = dims.begin();
   const long *as = sa.begin(), *bs = sb.begin(), *cs = sc.begin();
@@ -29,7 +37,7 @@ inline void batched_gemm(bool ta, bool tb, int M, int N, int K, const float* A, 
   for (int d = 0; d < nd; ++d) total *= dim[d];
   long oa = 0, ob = 0, oc = 0;
   for (long t = 0; t < total; ++t) {
-    gemm(ta, tb, M, N, K, A + oa, B + ob, C + oc, beta);
+    gemm(ta, tb, M, N, K, A + oa, lda, B + ob, ldb, C + oc, ldc, beta);
     for (int d = nd - 1; d >= 0; --d) {
       oa += as[d];
       ob += bs[d];
@@ -41,6 +49,13 @@ inline void batched_gemm(bool ta, bool tb, int M, int N, int K, const float* A, 
       idx[d] = 0;
     }
   }
+}
+
+// Packed matrices.
+inline void batched_gemm(bool ta, bool tb, int M, int N, int K, const float* A, const float* B, float* C,
+                         float beta, std::initializer_list<long> dims, std::initializer_list<long> sa,
+                         std::initializer_list<long> sb, std::initializer_list<long> sc) {
+  batched_gemm(ta, tb, M, N, K, A, B, C, beta, dims, sa, sb, sc, ta ? M : K, tb ? K : N, N);
 }
 
 // y = op(A) x + beta y, A is [M,N]; op(A) = A^T when `trans`.

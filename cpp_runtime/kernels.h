@@ -135,15 +135,19 @@ inline void softmax_any(const float* x, float* y, long outer, long n, long inner
 inline void softmax(const float* x, float* y, long outer, long n, long inner) { softmax_any<false>(x, y, outer, n, inner); }
 inline void log_softmax(const float* x, float* y, long outer, long n, long inner) { softmax_any<true>(x, y, outer, n, inner); }
 
-// dx += y * (dy - sum(dy * y))
-inline void softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner) {
+// dx += y * (dy - sum(dy * y)); dx = ... when not `accumulate` (dx's first write).
+inline void softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner,
+                             bool accumulate = true) {
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
       const long base = o * n * inner + j;
       const float* yb = y + base;
       const float* db = dy + base;
       float s = float(lane_sum(n, [yb, db, inner](long i) { return double(db[i * inner]) * yb[i * inner]; }));
-      for (long i = 0; i < n; ++i) dx[base + i * inner] += y[base + i * inner] * (dy[base + i * inner] - s);
+      if (accumulate)
+        for (long i = 0; i < n; ++i) dx[base + i * inner] += y[base + i * inner] * (dy[base + i * inner] - s);
+      else
+        for (long i = 0; i < n; ++i) dx[base + i * inner] = y[base + i * inner] * (dy[base + i * inner] - s);
     }
 }
 

@@ -92,6 +92,10 @@ inline float erf_f(float a) {
   return x * p / q;
 }
 
+// GELU, x Phi(x) = (x / 2) (1 + erf(x / sqrt 2)): the operations of the
+// composite lt.gelu was before it was an op, in the same order.
+inline float gelu_f(float x) { return (x * 0.5f) * (erf_f(x * 0.7071067811865476f) + 1.0f); }
+
 // sin(x + quarter_turns * pi/2): n = round(x / (pi/2)), r = x - n pi/2 in
 // three Cody-Waite parts, then Cephes' sin or cos polynomial on [-pi/4, pi/4]
 // picked (and negated) by the quadrant.  <= 7.7e-8 absolute error for

@@ -36,7 +36,7 @@ __all__ = [
     "add", "sub", "mul", "div", "neg", "power", "exp", "log", "sqrt", "tanh", "sigmoid", "relu", "abs",
     "maximum", "minimum", "where", "cast", "erf", "sin", "cos", "log1p", "gelu", "silu", "softplus",
     # linear algebra, reductions, shapes
-    "matmul", "sum", "mean", "max", "min", "argmax", "var", "std", "logsumexp", "reshape", "transpose", "concat", "stack", "split",
+    "matmul", "einsum", "sum", "mean", "max", "min", "argmax", "var", "std", "logsumexp", "reshape", "transpose", "concat", "stack", "split",
     "full", "zeros", "ones", "zeros_like", "ones_like", "arange", "tril", "triu", "one_hot",
     # neural-network ops and losses
     "linear", "conv2d", "max_pool2d", "avg_pool2d", "dropout", "embedding", "softmax", "log_softmax",

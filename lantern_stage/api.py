@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 from math import prod
 
+from . import einsum as _einsum
 from .ops import elementwise as ew
 from .ops import linalg, loss, reduce, shape
 from .ops import nn as _nn
@@ -90,6 +91,14 @@ def where(cond, a, b):
 def matmul(a, b):
     """a @ b with numpy's matmul rules (also the `@` operator)."""
     return linalg.matmul(a, b)
+
+
+def einsum(subscripts, *operands):
+    """numpy.einsum / torch.einsum: "ij,jk->ik", "bhqd,bhkd->bhqk", "ij->ji",
+    "i,j->ij", "ii->", "ii->i", "ij->j", implicit output ("ij,jk"), "..." for
+    broadcast dimensions; staged as permutations, (batched) matrix products
+    and sums (module `lantern_stage.einsum`), so it is differentiable to any order."""
+    return _einsum.einsum(subscripts, *operands)
 
 
 def neg(x):
@@ -436,7 +445,7 @@ def log1p(x):
     """log(1 + x), elementwise, accurate for small x (numpy.log1p)."""
     return ew.log1p(x)
 
-_SQRT_HALF = 0.7071067811865476  # 1/sqrt(2)
+
 _SQRT_2_OVER_PI = 0.7978845608028654
 
 
@@ -446,7 +455,7 @@ def gelu(x, approximate="none"):
     or PyTorch's tanh approximation (approximate="tanh")."""
     x = as_rep(x)
     if approximate == "none":
-        return x * 0.5 * (erf(x * _SQRT_HALF) + 1.0)
+        return ew.gelu(x)
     if approximate == "tanh":
         return x * 0.5 * (tanh((x + power(x, 3) * 0.044715) * _SQRT_2_OVER_PI) + 1.0)
     raise staging_error(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")

@@ -72,3 +72,26 @@ def test_a_long_unrolled_body_compiles_unoptimised_and_matches_torch():
     scale = max(np.abs(ref_gw).max(), np.abs(ref_gu).max())
     np.testing.assert_allclose(gw, ref_gw, atol=1e-4 * scale)
     np.testing.assert_allclose(gu, ref_gu, atol=1e-4 * scale)
+
+
+def test_gradient_buffers_written_whole_first_are_not_zero_filled():
+    """A gradient's first write through a reshape view (a gemm), by a
+    transposed copy, or by a batched gemm covering it assigns: no zero fill
+    (passes/first_write.py); only the argument's gradient, which the
+    function returns, and the scalar loss seed are zeroed."""
+    def loss(w, x, c):
+        t = lt.transpose(lt.reshape(lt.tanh(x @ w), (2, 2, 6)), (1, 0, 2))
+        return lt.sum(lt.softmax(lt.einsum("bij,bkj->bik", t, t), axis=-1) * c)
+
+    f = lt.compile(lambda w, x, c: lt.grad(loss)(w, x, c))
+    rng = np.random.default_rng(3)
+    w, x, c = (rng.standard_normal(s).astype(np.float32) for s in [(3, 6), (4, 3), (2, 2, 2)])
+    grad = f(w, x, c)
+    zeroed = re.findall(r"float\* (\w+) = arena\.alloc_zeroed<float>\((\d+)\)", f.cpp_source)
+    assert [n for name, n in zeroed if not name.startswith("d_in_") and n != "1"] == [], zeroed
+
+    tw, tx, tc = (torch.tensor(a, dtype=torch.float64) for a in (w, x, c))
+    tw.requires_grad_(True)
+    t = torch.tanh(tx @ tw).reshape(2, 2, 6).permute(1, 0, 2)
+    (torch.softmax(t @ t.transpose(1, 2), -1) * tc).sum().backward()
+    np.testing.assert_allclose(grad, tw.grad.numpy(), rtol=1e-4, atol=1e-5)

@@ -24,6 +24,7 @@ session (and found in the on-disk cache on re-runs).
 from __future__ import annotations
 
 import math
+import re
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -54,7 +55,7 @@ class NumpyRef:
     """The float64 reference implementation, with lantern_stage's signatures."""
 
     exp, log, sqrt, tanh, abs = np.exp, np.log, np.sqrt, np.tanh, np.abs
-    maximum, minimum, where, matmul = np.maximum, np.minimum, np.where, np.matmul
+    maximum, minimum, where, matmul, einsum = np.maximum, np.minimum, np.where, np.matmul, np.einsum
 
     @staticmethod
     def sigmoid(x):
@@ -222,6 +223,7 @@ class TorchRef:
     sigmoid = staticmethod(lambda x: torch.sigmoid(x))
     relu = staticmethod(lambda x: torch.relu(x))
     matmul = staticmethod(lambda a, b: torch.matmul(a, b))
+    einsum = staticmethod(lambda subscripts, *xs: torch.einsum(subscripts, *xs))
 
     @staticmethod
     def maximum(a, b):
@@ -692,6 +694,23 @@ CASES = [
     C("chain/softmax of matmul", lambda m, x, w: m.softmax(x @ w, axis=-1).sum(0), F(4, 3), F(3, 5)),
     C("chain/normalise rows", lambda m, a: a / m.sqrt(m.sum(a * a, axis=1, keepdims=True)), F(3, 4)),
     C("chain/max-subtracted exp", lambda m, a: m.exp(a - m.max(a, axis=1, keepdims=True)), F(3, 4)),
+    # einsum: lowered to permutations, mm / bmm and sums
+    C("einsum/matmul", lambda m, a, b: m.einsum("ij,jk->ik", a, b), F(3, 4), F(4, 5)),
+    C("einsum/implicit output", lambda m, a, b: m.einsum("ij,jk", a, b), F(3, 4), F(4, 5)),
+    C("einsum/attention scores (transposed operand)", lambda m, q, k: m.einsum("bhqd,bhkd->bhqk", q, k),
+      F(2, 3, 4, 5), F(2, 3, 6, 5)),
+    C("einsum/attention output", lambda m, p, v: m.einsum("bhqk,bhkd->bhqd", p, v), F(2, 3, 4, 6), F(2, 3, 6, 5)),
+    C("einsum/heads permuted", lambda m, q, k: m.einsum("bqhd,bkhd->bhqk", q, k), F(2, 4, 3, 5), F(2, 6, 3, 5)),
+    C("einsum/first operand transposed", lambda m, a, b: m.einsum("bji,bjk->bik", a, b), F(2, 4, 3), F(2, 4, 5)),
+    C("einsum/ellipsis broadcast", lambda m, a, b: m.einsum("...ij,jk->...ik", a, b), F(2, 3, 4), F(4, 5)),
+    C("einsum/transpose", lambda m, a: m.einsum("ijk->kij", a), F(2, 3, 4)),
+    C("einsum/outer product", lambda m, a, b: m.einsum("i,j->ij", a, b), F(3), F(4)),
+    C("einsum/trace", lambda m, a: m.einsum("ii->", a), F(4, 4)),
+    C("einsum/diagonal", lambda m, a: m.einsum("ii->i", a), F(4, 4)),
+    C("einsum/sum over an index", lambda m, a: m.einsum("ij->j", a), F(3, 4)),
+    C("einsum/dot and sum", lambda m, a, b: m.einsum("ij,ij->", a, b), F(3, 4), F(3, 4)),
+    C("einsum/three operands", lambda m, a, b, c: m.einsum("ij,jk,kl->il", a, b, c), F(2, 3), F(3, 4), F(4, 5)),
+    C("einsum/same operand twice", lambda m, a: m.einsum("ij,kj->ik", a, a), F(3, 4)),
 ]
 
 # The ops issue 2 promises; the table must exercise each (test_table_covers_contract).
@@ -703,7 +722,7 @@ CONTRACT_OPS = {
     "log_softmax", "softmax", "nll_loss", "cross_entropy", "mse_loss",
     # issue 12
     "erf", "sin", "cos", "log1p", "gelu", "silu", "softplus", "var", "std", "logsumexp",
-    "arange", "tril", "triu", "one_hot", "layer_norm", "batch_norm",
+    "arange", "tril", "triu", "one_hot", "layer_norm", "batch_norm", "einsum",
 }
 
 GROUPS = [CASES[i:i + GROUP_SIZE] for i in range(0, len(CASES), GROUP_SIZE)]
@@ -908,6 +927,29 @@ def test_op(case, op_results):
         assert_close(value, t_value, "loss vs torch")
         for k, (g, want) in enumerate(zip(grads, t_grads)):
             assert_close(g, want, f"gradient of float input {k} vs torch autograd")
+
+
+@pytest.mark.parametrize("subscripts, shapes, message", [
+    ("ij,jk->ik", [(3, 4), (5, 6)], "subscript 'j' has sizes 4 and 5"),
+    ("ij->ii", [(3, 3)], "output subscript 'i' appears more than once"),
+    ("ij->k", [(3, 4)], "output subscript 'k' does not appear in the inputs"),
+    ("ij,jk", [(3, 4)], "2 input term(s) for 1 operand(s)"),
+    ("i1", [(3, 4)], "invalid subscript '1'"),
+    ("ijk", [(3, 4)], "3 subscript(s) for an operand of shape (3, 4)"),
+    ("ii", [(3, 4)], "subscript 'i' has sizes 3 and 4"),
+    ("i...j...", [(3, 4)], "more than one '...'"),
+])
+def test_einsum_rejects_unsupported_subscripts_at_the_users_line(subscripts, shapes, message):
+    def one(a):  # types from the call
+        return lt.einsum(subscripts, a)
+
+    def two(a, b):
+        return lt.einsum(subscripts, a, b)
+
+    f = lt.compile(one if len(shapes) == 1 else two)
+    with pytest.raises(lt.StagingError, match=re.escape(message)) as info:
+        f(*[np.zeros(s, np.float32) for s in shapes])
+    assert f"{__file__}:" in str(info.value) and "einsum" in str(info.value)
 
 
 def test_table_covers_contract():

@@ -42,9 +42,15 @@ def _batched_gemm(p: Prim) -> str:
     def lst(xs):
         return "{" + ", ".join(str(int(x)) for x in xs) + "}"
 
+    def at(k, key):  # operand k's pointer, moved to its first matrix
+        off = a.get(key, 0)
+        return ptr(k) + (f" + {off}" if off else "")
+
+    # Row strides only when some matrix is a block of a wider one (attention's heads).
+    lds = f", {a['lda']}, {a['ldb']}, {a['ldc']}" if "lda" in a else ""
     return (f"lt::batched_gemm({cbool(a['ta'])}, {cbool(a['tb'])}, {a['M']}, {a['N']}, {a['K']}, "
-            f"{ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {_beta(p)}, "
-            f"{lst(a['batch'])}, {lst(a['sa'])}, {lst(a['sb'])}, {lst(a['so'])});")
+            f"{at(p.ins[0], 'oa')}, {at(p.ins[1], 'ob')}, {at(p.outs[0], 'oc')}, {_beta(p)}, "
+            f"{lst(a['batch'])}, {lst(a['sa'])}, {lst(a['sb'])}, {lst(a['so'])}{lds});")
 
 
 def _gemv(p: Prim) -> str:
@@ -70,6 +76,11 @@ def _layout_call(fn: str):
         return f"lt::{fn}({args}, {a['outer']}, {a['n']}, {a['inner']});"
 
     return render
+
+
+def _softmax_backward(p: Prim) -> str:
+    # Adds into dx, or assigns when it is dx's first write (passes/first_write.py).
+    return _layout_call("softmax_backward")(p)[:-2] + ("" if p.accumulate else ", false") + ");"
 
 
 def _nll(p: Prim) -> str:
@@ -164,7 +175,7 @@ KERNELS = {
     "reduce_argmax": _layout_call("reduce_argmax"),
     "softmax": _layout_call("softmax"),
     "log_softmax": _layout_call("log_softmax"),
-    "softmax_backward": _layout_call("softmax_backward"),
+    "softmax_backward": _softmax_backward,
     "log_softmax_backward": _layout_call("log_softmax_backward"),
     "nll": _nll,
     "nll_backward": _nll_backward,

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from .. import api as F
+from ..ops import linalg
 from ..ops.registry import as_rep
 from ..staging import staging_error
 from . import init
@@ -52,12 +53,11 @@ class MultiheadAttention(Module):
             init.zeros_(self.out_proj.bias)
 
     def _project(self, x, part):
-        """x [B, T, E] through rows part*E:(part+1)*E of the input projection -> [B, H, T, D]."""
+        """x [B, T, E] through rows part*E:(part+1)*E of the input projection -> [B, T, E]."""
         e = self.embed_dim
         w = self.in_proj_weight[part * e:(part + 1) * e]
         b = None if self.in_proj_bias is None else self.in_proj_bias[part * e:(part + 1) * e]
-        y = F.linear(x, w, b)
-        return F.transpose(F.reshape(y, (x.shape[0], x.shape[1], self.num_heads, self.head_dim)), (0, 2, 1, 3))
+        return F.linear(x, w, b)
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True):
@@ -71,13 +71,17 @@ class MultiheadAttention(Module):
         B, L, E = query.shape
         S = key.shape[1]
         H, D = self.num_heads, self.head_dim
+        # Each head's q, k and v are [T, D] blocks of a projection [B, T, n E] (rows n E apart), read in
+        # place by the per-head products: (buffer, offset of head 0, row stride).
         if query is key and key is value:  # self-attention: one projection
             qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)
-            qkv = F.transpose(F.reshape(qkv, (B, L, 3, H, D)), (2, 0, 3, 1, 4))
-            q, k, v = qkv[0], qkv[1], qkv[2]
+            q, k, v = ((qkv, part * E, 3 * E) for part in range(3))
         else:
-            q, k, v = self._project(query, 0), self._project(key, 1), self._project(value, 2)
-        scores = (q @ F.transpose(k, (0, 1, 3, 2))) * (1.0 / math.sqrt(D))  # [B, H, L, S]
+            q, k, v = ((self._project(t, part), 0, E) for part, t in enumerate((query, key, value)))
+        scores = linalg.bmm(q[0], k[0], out_shape=(B, H, L, S), batch=(B, H), sa=(L * q[2], D), sb=(S * k[2], D),
+                            so=(H * L * S, L * S), M=L, N=S, K=D, ta=False, tb=True, oa=q[1], ob=k[1],
+                            lda=q[2], ldb=k[2])  # q k^T, [B, H, L, S]
+        scores = scores * (1.0 / math.sqrt(D))
         if attn_mask is not None:
             m = as_rep(attn_mask)
             if m.shape == (B * H, L, S):
@@ -92,7 +96,9 @@ class MultiheadAttention(Module):
                 raise staging_error(f"MultiheadAttention: key_padding_mask must be [{B}, {S}], got {m.shape}")
             scores = _additive_mask(scores, F.reshape(m, (B, 1, 1, S)), "key_padding_mask")
         weights = F.dropout(F.softmax(scores, axis=-1), self.dropout, self.training)
-        out = F.reshape(F.transpose(weights @ v, (0, 2, 1, 3)), (B, L, E))
+        # weights v, each head's [L, D] written in place into its columns of [B, L, E]
+        out = linalg.bmm(weights, v[0], out_shape=(B, L, E), batch=(B, H), sa=(H * L * S, L * S), sb=(S * v[2], D),
+                         so=(L * E, D), M=L, N=D, K=S, ta=False, tb=False, ob=v[1], ldb=v[2], ldc=E)
         out = self.out_proj(out)
         if not self.batch_first:
             out = F.transpose(out, (1, 0, 2))

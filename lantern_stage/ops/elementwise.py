@@ -150,6 +150,11 @@ tanh = elementwise("tanh", "lt::tanh_f({x})", lambda x, y: 1.0 - y * y)
 sigmoid = elementwise("sigmoid", "lt::sigmoid_f({x})", lambda x, y: y * (1.0 - y))
 relu = elementwise("relu", "lt::max_f({x}, 0.0f)", lambda x, y: where(x <= 0.0, 0.0, 1.0))  # NaN: g, as PyTorch
 erf = elementwise("erf", "lt::erf_f({x})", lambda x, y: 1.1283791670955126 * exp(-(x * x)))
+# Exact GELU as one op rather than x/2 (1 + erf(x/sqrt 2)) over primitives: the
+# backward reads x alone, d/dx = Phi(x) + x phi(x), where the composite kept
+# three intermediates of x's size from the forward pass for it.
+gelu = elementwise("gelu", "lt::gelu_f({x})",
+                   lambda x, y: 0.5 * (erf(x * 0.7071067811865476) + 1.0) + x * (0.3989422804014327 * exp(-(x * x) * 0.5)))
 sin = elementwise("sin", "lt::sin_f({x})", lambda x, y: cos(x))
 cos = elementwise("cos", "lt::cos_f({x})", lambda x, y: -sin(x))
 log1p = elementwise("log1p", "lt::log1p_f({x})", lambda x, y: 1.0 / (1.0 + x))

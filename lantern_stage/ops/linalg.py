@@ -162,44 +162,98 @@ dot = defop("dot", _dot_type, _dot_forward, jvp=_dot_jvp, vjp=_dot_vjp)
 
 # ---------------------------------------------------------------- bmm
 # C[t] = op(A[t]) op(B[t]) over a batch: element t = (i_1, ..., i_d) of
-# `batch` has its matrices at sum i_k * s_k in A, B and C (strides `sa`,
-# `sb`, `so`).  A zero stride in A or B broadcasts it; a zero stride in C
-# sums over that batch dimension (the cotangent of a broadcast operand), in
-# which case the op adds into a zeroed output.  One strided sgemm per batch
+# `batch` has its matrices at oa + sum i_k * sa_k in A (ob, sb in B; oc, so
+# in C), each a row-major matrix whose rows are lda (ldb, ldc) elements
+# apart - by default packed (K or M for A, N or K for B, N for C).  So a
+# matrix can be a block of a wider one: attention's per-head q, k and v read
+# in place from the [B, L, 3E] input projection, the per-head outputs
+# written in place into [B, L, E].  A zero stride in A or B broadcasts it; a
+# zero stride in C sums over that batch dimension (the cotangent of a
+# broadcast operand).  When the blocks of C do not cover it exactly once
+# (such a sum, or the blocks of one operand's gradient inside a wider
+# buffer), the op adds into a zeroed output.  One strided sgemm per batch
 # element, never a copy.
-def _bmm_type(a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):
+def _lds(M, N, K, ta, tb, lda, ldb, ldc):
+    return (lda if lda is not None else (M if ta else K), ldb if ldb is not None else (K if tb else N),
+            ldc if ldc is not None else N)
+
+
+def _extent(offset, batch, strides, rows, cols, ld) -> int:
+    """One past the last element a batch of rows x cols matrices touches."""
+    return offset + sum((n - 1) * st for n, st in zip(batch, strides)) + (rows - 1) * ld + cols
+
+
+def bmm_covers_output(attrs, size: int) -> bool:
+    """The blocks of C are `size` elements, each written exactly once."""
+    lda, ldb, ldc = _lds(attrs["M"], attrs["N"], attrs["K"], attrs["ta"], attrs["tb"],
+                         attrs.get("lda"), attrs.get("ldb"), attrs.get("ldc"))
+    if attrs.get("oc", 0):
+        return False
+    dims = [(st, n) for n, st in zip(attrs["batch"], attrs["so"]) if n != 1]
+    dims += [(ldc, attrs["M"]), (1, attrs["N"])]
+    step = 1
+    for st, n in sorted(d for d in dims if d[1] != 1):  # from the innermost: a packed layout
+        if st != step:
+            return False
+        step *= n
+    return step == size
+
+
+def _bmm_type(a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb, oa=0, ob=0, oc=0, lda=None, ldb=None,
+              ldc=None):
     _need(a.dtype == "float32" and b.dtype == "float32", f"needs float32 operands, got {a} and {b}")
+    lda, ldb, ldc = _lds(M, N, K, ta, tb, lda, ldb, ldc)
+    _need(_extent(oa, batch, sa, K if ta else M, M if ta else K, lda) <= _size(a)
+          and _extent(ob, batch, sb, N if tb else K, K if tb else N, ldb) <= _size(b)
+          and _extent(oc, batch, so, M, N, ldc) <= _size(TensorType(tuple(out_shape))),
+          f"internal: batched {M}x{K} @ {K}x{N} blocks run past {a}, {b} or {tuple(out_shape)}")
     return TensorType(tuple(out_shape))
 
 
-def _bmm_forward(em, out, a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):
-    em.prim("batched_gemm", [out], [a, b], acc=0 in so, M=M, N=N, K=K, ta=ta, tb=tb,
-            batch=tuple(batch), sa=tuple(sa), sb=tuple(sb), so=tuple(so))
+def _bmm_forward(em, out, a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb, oa=0, ob=0, oc=0, lda=None,
+                 ldb=None, ldc=None):
+    lda, ldb, ldc = _lds(M, N, K, ta, tb, lda, ldb, ldc)
+    attrs = dict(M=M, N=N, K=K, ta=ta, tb=tb, batch=tuple(batch), sa=tuple(sa), sb=tuple(sb), so=tuple(so))
+    if (oa, ob, oc, lda, ldb, ldc) != (0, 0, 0) + _lds(M, N, K, ta, tb, None, None, None):
+        attrs.update(oa=oa, ob=ob, oc=oc, lda=lda, ldb=ldb, ldc=ldc)
+    em.prim("batched_gemm", [out], [a, b], acc=not bmm_covers_output(attrs, out.size), **attrs)
 
 
 def _bmm_jvp(out, ins, tans, **at):
     return product_rule(bmm, ins, tans, at)
 
 
-def _bmm_vjp(g, out, ins, needs, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb):
+def _bmm_vjp(g, out, ins, needs, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb, oa=0, ob=0, oc=0, lda=None,
+             ldb=None, ldc=None):
+    # The transposed products of the forward one, over the same batch; each
+    # operand's layout (offset, batch strides, row stride) goes with it.
     a, b = ins
+    lda, ldb, ldc = _lds(M, N, K, ta, tb, lda, ldb, ldc)
+    A, B, G = (oa, sa, lda), (ob, sb, ldb), (oc, so, ldc)
+
+    def product(x, y, X, Y, Z, shape, **dims):
+        return bmm(x, y, out_shape=shape, batch=batch, sa=X[1], sb=Y[1], so=Z[1], oa=X[0], ob=Y[0], oc=Z[0],
+                   lda=X[2], ldb=Y[2], ldc=Z[2], **dims)
+
     da = db = None
-    common = dict(batch=batch)
     if needs[0]:
-        if not ta:
-            da = bmm(g, b, out_shape=a.shape, sa=so, sb=sb, so=sa, M=M, N=K, K=N, ta=False, tb=not tb, **common)
-        else:
-            da = bmm(b, g, out_shape=a.shape, sa=sb, sb=so, so=sa, M=K, N=M, K=N, ta=tb, tb=True, **common)
+        if not ta:  # dA[M,K] = g op(B)^T
+            da = product(g, b, G, B, A, a.shape, M=M, N=K, K=N, ta=False, tb=not tb)
+        else:  # A is [K,M]: dA = op(B) g^T
+            da = product(b, g, B, G, A, a.shape, M=K, N=M, K=N, ta=tb, tb=True)
     if needs[1]:
-        if not tb:
-            db = bmm(a, g, out_shape=b.shape, sa=sa, sb=so, so=sb, M=K, N=N, K=M, ta=not ta, tb=False, **common)
-        else:
-            db = bmm(g, a, out_shape=b.shape, sa=so, sb=sa, so=sb, M=N, N=K, K=M, ta=True, tb=ta, **common)
+        if not tb:  # dB[K,N] = op(A)^T g
+            db = product(a, g, A, G, B, b.shape, M=K, N=N, K=M, ta=not ta, tb=False)
+        else:  # B is [N,K]: dB = g^T op(A)
+            db = product(g, a, G, A, B, b.shape, M=N, N=K, K=M, ta=True, tb=ta)
     return [da, db]
 
 
-bmm = defop("bmm", _bmm_type, _bmm_forward, jvp=_bmm_jvp, vjp=_bmm_vjp,
-            zeroed_output=lambda attrs: 0 in attrs["so"])
+def _bmm_zeroed(attrs) -> bool:
+    return not bmm_covers_output(attrs, _size(TensorType(tuple(attrs["out_shape"]))))
+
+
+bmm = defop("bmm", _bmm_type, _bmm_forward, jvp=_bmm_jvp, vjp=_bmm_vjp, zeroed_output=_bmm_zeroed)
 
 
 # ---------------------------------------------------------------- matmul

@@ -1,28 +1,31 @@
 """Assign instead of zero-filling and accumulating: backward code adds into
 zeroed gradient buffers; where the first statement to touch a zeroed buffer
-writes every element of it (an elementwise `+=` over its whole extent, or a
-gemm/gemv/dot with beta = 1), it may assign instead (beta = 0) and the
-buffer needs no zero fill."""
+writes every element of it (an elementwise `+=` over its whole extent, in
+any order, a gemm/gemv/dot with beta = 1, softmax's backward kernel, or a
+batched gemm whose blocks cover the buffer once), it may assign instead
+(beta = 0) and the buffer needs no zero fill."""
 from __future__ import annotations
 
 from .. import ir
-from ..types import contiguous_strides
+from ..ops.linalg import bmm_covers_output
 from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
-_ASSIGNABLE = {"gemm", "gemv", "dot"}
+_ASSIGNABLE = {"gemm", "gemv", "dot", "softmax_backward"}
 
 
 def assign_first_writes(program) -> None:
     buffers = analyse(program.body)
     for alloc, stmt in _first_references(program.body, buffers):
-        if _writes_all_first(stmt, alloc.var):
+        if _writes_all_first(stmt, alloc.var, buffers):
             alloc.zero = False
 
 
 def _first_references(body: ir.Block, buffers):
     """(zeroed Alloc, the first statement of its block after it that touches
-    the buffer, itself or in a nested block) pairs, in one walk: an unrolled
+    the buffer, itself or through an alias, in a nested block too) pairs, in
+    one walk (an Alias itself touches no memory: a reshaped gradient is
+    aliased when the forward runs, long before its first write): an unrolled
     loop nests each step's scope in the previous one, so asking every
     statement for everything nested in it would be quadratic."""
     zeroed = {}   # root id -> (Alloc, depth of its block)
@@ -40,10 +43,8 @@ def _first_references(body: ir.Block, buffers):
         if isinstance(stmt, ir.Alloc):
             if stmt.zero:
                 zeroed[id(stmt.var)] = (stmt, depth)
-        else:
+        elif not isinstance(stmt, ir.Alias):
             touched = {id(buffers.of(v)[0]) for v in stmt.reads() + stmt.writes()}
-            if isinstance(stmt, ir.Alias):
-                touched.add(id(buffers.of(stmt.base)[0]))
             for rid in touched:
                 if rid in zeroed and rid not in found:
                     found[rid] = path[zeroed[rid][1]]
@@ -52,20 +53,41 @@ def _first_references(body: ir.Block, buffers):
     return [(zeroed[rid][0], stmt) for rid, stmt in found.items()]
 
 
-def _writes_all_first(stmt, var) -> bool:
+def _writes_all_first(stmt, var, buffers) -> bool:
+    def whole(v, offset=0):  # v is var, or an alias of all of it (a reshape)
+        root, off = buffers.of(v)
+        return root is var and off + offset == 0 and v.size == var.size
+
     if isinstance(stmt, ir.Prim):
-        if stmt.kind in _ASSIGNABLE and stmt.accumulate and stmt.outs == [var] and var not in stmt.ins:
+        if not (stmt.accumulate and len(stmt.outs) == 1 and whole(stmt.outs[0])
+                and all(buffers.of(v)[0] is not var for v in stmt.ins)):
+            return False
+        if stmt.kind in _ASSIGNABLE or stmt.kind == "batched_gemm" and bmm_covers_output(stmt.attrs, var.size):
             stmt.accumulate = False
             return True
         return False
-    if not isinstance(stmt, ir.Map) or stmt.shape != var.shape:
+    if not isinstance(stmt, ir.Map):
         return False
-    full = contiguous_strides(var.shape)
-    mine = [a for a in stmt.assigns if isinstance(a, ir.Assign) and a.dst.var is var]
-    loads = [v for a in stmt.assigns for v in ir.expr_loads(a.expr) if v.var is var]
-    if len(mine) != 1 or loads or mine[0].dst.offset != 0 or not mine[0].accumulate:
+    mine = [a for a in stmt.assigns if isinstance(a, ir.Assign) and buffers.of(a.dst.var)[0] is var]
+    loads = [v for a in stmt.assigns for v in ir.expr_loads(a.expr) if buffers.of(v.var)[0] is var]
+    if len(mine) != 1 or loads or not mine[0].accumulate or not whole(mine[0].dst.var, mine[0].dst.offset):
         return False
-    if any(s != f for s, f, n in zip(mine[0].dst.strides, full, var.shape) if n != 1):
+    if not _covers_once(stmt.shape, mine[0].dst.strides, var.size):
         return False
     mine[0].accumulate = False
     return True
+
+
+def _covers_once(shape, strides, size) -> bool:
+    """The view (offset 0) of `shape` with `strides` visits each of `size`
+    elements exactly once: sorted by stride, the dimensions are a
+    contiguous layout (a transpose of one is too, the transposed gradient
+    of a permuted tensor)."""
+    dims = sorted(((s, n) for s, n in zip(strides, shape) if n != 1), reverse=True)
+    step = 1
+    for s, n in reversed(dims):
+        if s != step:
+            return False
+        step *= n
+    return step == size
+
