@@ -10,6 +10,7 @@ checks are grouped into a few compiled functions.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -607,3 +608,52 @@ def test_cross_entropy_of_one_row_with_a_python_int_or_staged_int_target():
         ref.backward()
         np.testing.assert_allclose(value, ref.item(), rtol=1e-5)
         np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- transposed weight copies
+def test_weights_read_as_x_w_transposed_get_one_transposed_copy_per_step():
+    """passes/transpose_weights: a Linear applied at 3 steps of 8 rows reads
+    one [in, out] copy of its weight (no transposed-operand gemm); one applied
+    once to 8 rows keeps the flag.  The trained weights still match PyTorch."""
+    lt.manual_seed(2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.Linear(5, 5)
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = x
+            for _ in range(3):
+                h = lt.tanh(self.cell(h))
+            return self.head(h)
+
+    def loss_fn(model, x: lt.Tensor[8, 5], y: lt.Tensor[8, "int32"]):
+        return lt.cross_entropy(model(x), y)
+
+    model = Net()
+    twin = torch.nn.ModuleDict({"cell": torch.nn.Linear(5, 5), "head": torch.nn.Linear(5, 3)}).double()
+    twin.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()})
+    step = lt.train_step(model, loss_fn, lt.optim.SGD(model.parameters(), lr=0.5))
+    rng = np.random.default_rng(2)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.5)
+    for _ in range(3):
+        x, y = rand(rng, 8, 5), rng.integers(0, 3, 8).astype(np.int32)
+        loss = step(x, y)
+        topt.zero_grad()
+        h = torch.from_numpy(x.astype(np.float64))
+        for _ in range(3):
+            h = torch.tanh(twin["cell"](h))
+        tloss = F.cross_entropy(twin["head"](h), torch.from_numpy(y).long())
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    for k, v in model.state_dict().items():
+        close(v, twin.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6)
+    src = step.cpp_source
+    cell_w, head_w = (re.search(rf"float\* (cap_{n}_weight_\d+) =", src).group(1) for n in ("cell", "head"))
+    assert f"{cell_w}_t = arena.alloc<float>(25)" in src
+    assert not re.search(rf"lt::gemm\(false, true, [^;]*{cell_w}\b", src)
+    assert len(re.findall(rf"lt::gemm\(false, false, 8, 5, 5, \w+, {cell_w}_t,", src)) == 3
+    assert re.search(rf"lt::gemm\(false, true, 8, 3, 5, \w+, {head_w},", src)

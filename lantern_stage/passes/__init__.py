@@ -8,6 +8,7 @@ from .eta import eta_reduce
 from .first_write import assign_first_writes
 from .fold import fold_accumulations
 from .fusion import fuse_elementwise, inline_temporaries
+from .transpose_weights import transpose_weights
 
 PIPELINE = [
     ("eta-reduce continuations", eta_reduce),
@@ -15,6 +16,7 @@ PIPELINE = [
     ("fold accumulations into their kernels", fold_accumulations),
     ("defer weight-gradient outer products", defer_outer_products),
     ("remove dead code", remove_dead_code),
+    ("transposed copies of weights read as x W^T", transpose_weights),
     ("inline single-use temporaries", inline_temporaries),
     ("assign first writes", assign_first_writes),
     ("fuse elementwise loops", fuse_elementwise),
