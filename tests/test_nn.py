@@ -126,7 +126,7 @@ def op_case():
         return results
 
     got = ops(x, w, b, px, table, idx, lx, lw, lb, vx)
-    return dict(got=got, x=x, w=w, b=b, r_conv=r_conv, px=px, r_max=r_max, r_max3=r_max3, r_avg=r_avg,
+    return dict(got=got, src=ops.cpp_source, x=x, w=w, b=b, r_conv=r_conv, px=px, r_max=r_max, r_max3=r_max3, r_avg=r_avg,
                 table=table, idx=idx, r_emb=r_emb, lx=lx, lw=lw, lb=lb, vx=vx, r_lin=r_lin, r_vec=r_vec)
 
 
@@ -172,6 +172,8 @@ def test_max_and_avg_pool_value_and_gradients(op_case):
     (((F.max_pool2d(tp, 2) * t64(c["r_max"])).sum() + (F.max_pool2d(tp, 3, 2) * t64(c["r_max3"])).sum()
       + (F.avg_pool2d(tp, 2, 1) * t64(c["r_avg"])).sum())).backward()
     close(g, tp.grad.numpy())
+    # passes/pool_values: the pooled values are the argmax kernel's, not a second gather
+    assert c["src"].count("lt::max_pool2d_argmax(") == 2 and "lt::gather_plane(" not in c["src"]
 
 
 def test_embedding_gathers_rows_and_scatter_adds_gradients(op_case):

@@ -8,6 +8,7 @@ from .eta import eta_reduce
 from .first_write import assign_first_writes
 from .fold import fold_accumulations
 from .fusion import fuse_elementwise, inline_temporaries
+from .pool_values import reuse_pooled_values
 from .transpose_weights import transpose_weights
 
 PIPELINE = [
@@ -17,6 +18,7 @@ PIPELINE = [
     ("defer weight-gradient outer products", defer_outer_products),
     ("remove dead code", remove_dead_code),
     ("transposed copies of weights read as x W^T", transpose_weights),
+    ("max pooling's values from its argmax kernel", reuse_pooled_values),
     ("inline single-use temporaries", inline_temporaries),
     ("assign first writes", assign_first_writes),
     ("fuse elementwise loops", fuse_elementwise),
