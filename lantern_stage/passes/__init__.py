@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .. import ir
+from .copy_alias import alias_copies
 from .dce import remove_dead_code
 from .defer_outer import defer_outer_products
 from .eta import eta_reduce
@@ -21,6 +22,7 @@ PIPELINE = [
     ("max pooling's values from its argmax kernel", reuse_pooled_values),
     ("inline single-use temporaries", inline_temporaries),
     ("assign first writes", assign_first_writes),
+    ("whole-buffer copies as views", alias_copies),
     ("fuse elementwise loops", fuse_elementwise),
     ("remove dead code", remove_dead_code),
 ]
