@@ -659,3 +659,41 @@ def test_weights_read_as_x_w_transposed_get_one_transposed_copy_per_step():
     assert not re.search(rf"lt::gemm\(false, true, [^;]*{cell_w}\b", src)
     assert len(re.findall(rf"lt::gemm\(false, false, 8, 5, 5, \w+, {cell_w}_t,", src)) == 3
     assert re.search(rf"lt::gemm\(false, true, 8, 3, 5, \w+, {head_w},", src)
+
+
+def test_add_gradients_are_views_not_copies_and_an_lstm_still_trains_like_pytorch():
+    """passes/copy_alias: add's backward gives both operands the cotangent;
+    the LSTM's gate products read it in place (views), not copies of it."""
+    lt.manual_seed(4)
+    B, I, H, T = 3, 4, 5, 3
+    cell = nn.LSTMCell(I, H)
+    tcell = torch.nn.LSTMCell(I, H).double()
+    tcell.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in cell.state_dict().items()})
+
+    def loss_fn(model, xs: lt.Tensor[3, 3, 4]):  # [T, B, I]
+        h = c = lt.zeros(B, H)
+        total = 0.0
+        for t in range(T):
+            h, c = model(xs[t], (h, c))
+            total = total + lt.sum(lt.tanh(h) * c)
+        return total
+
+    step = lt.train_step(cell, loss_fn, lt.optim.SGD(cell.parameters(), lr=0.3))
+    topt = torch.optim.SGD(tcell.parameters(), lr=0.3)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        xs = rand(rng, T, B, I)
+        loss = step(xs)
+        topt.zero_grad()
+        h = c = torch.zeros(B, H, dtype=torch.float64)
+        total = 0.0
+        for x in torch.from_numpy(xs.astype(np.float64)):
+            h, c = tcell(x, (h, c))
+            total = total + (torch.tanh(h) * c).sum()
+        total.backward()
+        topt.step()
+        assert loss == pytest.approx(total.item(), rel=1e-5)
+    for k, v in cell.state_dict().items():
+        close(v, tcell.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6)
+    views = re.findall(r"float\* d_mm\d+_\d+ = d_add\d+_\d+ \+ 0;", step.cpp_source)
+    assert len(views) >= 2 * (T - 1), views  # both products of each step after the first read d_gates in place
