@@ -10,6 +10,7 @@ checks are grouped into a few compiled functions.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -125,7 +126,7 @@ def op_case():
         return results
 
     got = ops(x, w, b, px, table, idx, lx, lw, lb, vx)
-    return dict(got=got, x=x, w=w, b=b, r_conv=r_conv, px=px, r_max=r_max, r_max3=r_max3, r_avg=r_avg,
+    return dict(got=got, src=ops.cpp_source, x=x, w=w, b=b, r_conv=r_conv, px=px, r_max=r_max, r_max3=r_max3, r_avg=r_avg,
                 table=table, idx=idx, r_emb=r_emb, lx=lx, lw=lw, lb=lb, vx=vx, r_lin=r_lin, r_vec=r_vec)
 
 
@@ -171,6 +172,8 @@ def test_max_and_avg_pool_value_and_gradients(op_case):
     (((F.max_pool2d(tp, 2) * t64(c["r_max"])).sum() + (F.max_pool2d(tp, 3, 2) * t64(c["r_max3"])).sum()
       + (F.avg_pool2d(tp, 2, 1) * t64(c["r_avg"])).sum())).backward()
     close(g, tp.grad.numpy())
+    # passes/pool_values: the pooled values are the argmax kernel's, not a second gather
+    assert c["src"].count("lt::max_pool2d_argmax(") == 2 and "lt::gather_plane(" not in c["src"]
 
 
 def test_embedding_gathers_rows_and_scatter_adds_gradients(op_case):
@@ -607,3 +610,90 @@ def test_cross_entropy_of_one_row_with_a_python_int_or_staged_int_target():
         ref.backward()
         np.testing.assert_allclose(value, ref.item(), rtol=1e-5)
         np.testing.assert_allclose(grad, t.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- transposed weight copies
+def test_weights_read_as_x_w_transposed_get_one_transposed_copy_per_step():
+    """passes/transpose_weights: a Linear applied at 3 steps of 8 rows reads
+    one [in, out] copy of its weight (no transposed-operand gemm); one applied
+    once to 8 rows keeps the flag.  The trained weights still match PyTorch."""
+    lt.manual_seed(2)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.cell = nn.Linear(5, 5)
+            self.head = nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = x
+            for _ in range(3):
+                h = lt.tanh(self.cell(h))
+            return self.head(h)
+
+    def loss_fn(model, x: lt.Tensor[8, 5], y: lt.Tensor[8, "int32"]):
+        return lt.cross_entropy(model(x), y)
+
+    model = Net()
+    twin = torch.nn.ModuleDict({"cell": torch.nn.Linear(5, 5), "head": torch.nn.Linear(5, 3)}).double()
+    twin.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()})
+    step = lt.train_step(model, loss_fn, lt.optim.SGD(model.parameters(), lr=0.5))
+    rng = np.random.default_rng(2)
+    topt = torch.optim.SGD(twin.parameters(), lr=0.5)
+    for _ in range(3):
+        x, y = rand(rng, 8, 5), rng.integers(0, 3, 8).astype(np.int32)
+        loss = step(x, y)
+        topt.zero_grad()
+        h = torch.from_numpy(x.astype(np.float64))
+        for _ in range(3):
+            h = torch.tanh(twin["cell"](h))
+        tloss = F.cross_entropy(twin["head"](h), torch.from_numpy(y).long())
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-5)
+    for k, v in model.state_dict().items():
+        close(v, twin.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6)
+    src = step.cpp_source
+    cell_w, head_w = (re.search(rf"float\* (cap_{n}_weight_\d+) =", src).group(1) for n in ("cell", "head"))
+    assert f"{cell_w}_t = arena.alloc<float>(25)" in src
+    assert not re.search(rf"lt::gemm\(false, true, [^;]*{cell_w}\b", src)
+    assert len(re.findall(rf"lt::gemm\(false, false, 8, 5, 5, \w+, {cell_w}_t,", src)) == 3
+    assert re.search(rf"lt::gemm\(false, true, 8, 3, 5, \w+, {head_w},", src)
+
+
+def test_add_gradients_are_views_not_copies_and_an_lstm_still_trains_like_pytorch():
+    """passes/copy_alias: add's backward gives both operands the cotangent;
+    the LSTM's gate products read it in place (views), not copies of it."""
+    lt.manual_seed(4)
+    B, I, H, T = 3, 4, 5, 3
+    cell = nn.LSTMCell(I, H)
+    tcell = torch.nn.LSTMCell(I, H).double()
+    tcell.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in cell.state_dict().items()})
+
+    def loss_fn(model, xs: lt.Tensor[3, 3, 4]):  # [T, B, I]
+        h = c = lt.zeros(B, H)
+        total = 0.0
+        for t in range(T):
+            h, c = model(xs[t], (h, c))
+            total = total + lt.sum(lt.tanh(h) * c)
+        return total
+
+    step = lt.train_step(cell, loss_fn, lt.optim.SGD(cell.parameters(), lr=0.3))
+    topt = torch.optim.SGD(tcell.parameters(), lr=0.3)
+    rng = np.random.default_rng(4)
+    for _ in range(3):
+        xs = rand(rng, T, B, I)
+        loss = step(xs)
+        topt.zero_grad()
+        h = c = torch.zeros(B, H, dtype=torch.float64)
+        total = 0.0
+        for x in torch.from_numpy(xs.astype(np.float64)):
+            h, c = tcell(x, (h, c))
+            total = total + (torch.tanh(h) * c).sum()
+        total.backward()
+        topt.step()
+        assert loss == pytest.approx(total.item(), rel=1e-5)
+    for k, v in cell.state_dict().items():
+        close(v, tcell.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6)
+    views = re.findall(r"float\* d_mm\d+_\d+ = d_add\d+_\d+ \+ 0;", step.cpp_source)
+    assert len(views) >= 2 * (T - 1), views  # both products of each step after the first read d_gates in place

@@ -1,5 +1,6 @@
 """Matrix products, lowered to OpenBLAS gemm / gemv / ger / dot with transpose
-flags (never a transposed copy).
+flags (no transposed copy here; `passes/transpose_weights` later gives a
+weight read as x W^T in many few-row products one copy per call).
 
 `matmul` and `linear` are compositions over four internal ops on operands
 folded to 2-D (a reshape is a free view):
