@@ -1,0 +1,65 @@
+"""The TreeLSTM trained as Tai et al. train it: one update per minibatch of 25 trees.
+
+The model is `benchmarks.models.treelstm`'s, unchanged (batch-1 CPS recursion,
+one tree per call); the step is `lt.train_step(..., accumulate=25)`: every call
+adds one tree's gradient into the step's flat gradient buffer and returns that
+tree's loss, and every 25th call applies one Adagrad update with the mean of
+the 25 gradients (Tai et al. divide the minibatch's gradient by its size; the
+peers of this row do the same). A harness step is one minibatch, i.e. 25 calls;
+its loss is the mean of the 25 trees' losses, the minibatch objective.
+
+What this does not do (issue 14, item 3): batch the recursion across the trees
+of a minibatch. Each call still runs one tree's matrix-vector products; the
+minibatch only saves 24 of 25 optimizer updates. See benchmarks/NOTES.md
+("Minibatched TreeLSTM") for the compile-time autobatching that would.
+"""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+
+import lantern_stage as lt
+
+from benchmarks.models.treelstm import TreeLSTM
+
+
+class MinibatchTrainer:
+    """The harness's trainer interface over an accumulating `lt.train_step`:
+    a batch is a list of trees, one update."""
+
+    def __init__(self, model, train_step):
+        self.model = model
+        self.train_step = train_step
+
+    def prepare(self, trees):
+        """A list of `benchmarks.data.Tree` -> each tree's step arguments."""
+        return [(t.labels, t.words, t.lch, t.rch) for t in trees]
+
+    def step(self, trees) -> float:
+        """One update: every tree's call adds its gradient, the last one applies them."""
+        if len(trees) != self.train_step.accumulate:
+            raise ValueError(f"a minibatch has {self.train_step.accumulate} trees (one update), got {len(trees)}")
+        if trees and hasattr(trees[0], "_fields"):   # benchmarks.data trees, not prepared yet
+            trees = self.prepare(trees)
+        step = self.train_step
+        return sum(step(*t) for t in trees) / len(trees)
+
+    def precompile(self, batches=()) -> None:
+        self.train_step.entry  # noqa: B018 - the property builds
+
+    def weights(self) -> Dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in self.model.state_dict().items()}
+
+
+def build(weights, cfg) -> MinibatchTrainer:
+    model = TreeLSTM(cfg.embedding, cfg.hidden, cfg.classes)
+    model.load_state_dict(weights)
+
+    def loss_fn(model, labels: lt.IntArray, words: lt.IntArray, lch: lt.IntArray, rch: lt.IntArray):
+        return model(labels, words, lch, rch)
+
+    opt = lt.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.eps)
+    step = lt.train_step(model, loss_fn, opt, clip_grad_norm=cfg.clip, accumulate=cfg.batch,
+                         name="treelstm_mb25_step")
+    return MinibatchTrainer(model, step)
