@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import api as F, distributed
-from .autodiff import value_and_grad
+from .autodiff import value_and_grad, value_and_grad_into
 from .compile import CompiledFunction
 from .control import cond
 from .generator import Generator
@@ -119,8 +119,8 @@ class TrainStep(CompiledFunction):
         def objective(values):
             return self.loss_fn(bind(self.model, {id(p): v for p, v in zip(params, values)}), *inputs)
 
-        value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
         if self._grads is None:
+            value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
             self._update(grads)
             return value
         flat = as_rep(self._grads)
@@ -129,9 +129,16 @@ class TrainStep(CompiledFunction):
             n = int(np.prod(p.shape))
             views.append(flat[offset:offset + n].reshape(tuple(p.shape)))
             offset += n
-        em = Emitter(current(), "gradients into the flat buffer")
-        for view, g in zip(views, grads):
-            em.map(view.var, "{0}", as_rep(g).var, acc=self.accumulate > 1)
+        if self.accumulate > 1:
+            # The backward code adds straight into the accumulator: no zeroed
+            # gradient buffers, no pass adding them into it (measured in
+            # benchmarks/NOTES.md, "Minibatched TreeLSTM").
+            value = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux)
+        else:
+            value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
+            em = Emitter(current(), "gradients into the flat buffer")
+            for view, g in zip(views, grads):
+                em.map(view.var, "{0}", as_rep(g).var)
 
         def exchange_and_update():
             if self.data_parallel:  # the mean over ranks; the identity with one rank
