@@ -130,10 +130,16 @@ class TrainStep(CompiledFunction):
             views.append(flat[offset:offset + n].reshape(tuple(p.shape)))
             offset += n
         if self.accumulate > 1:
+            count = F.assign(self._count, as_rep(self._count) + 1.0)
+            last = count >= float(self.accumulate)
             # The backward code adds straight into the accumulator: no zeroed
-            # gradient buffers, no pass adding them into it (measured in
-            # benchmarks/NOTES.md, "Minibatched TreeLSTM").
-            value = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux)
+            # gradient buffers, no pass adding them into it; with one compiled
+            # signature the deferred weight-gradient rows of the K calls are
+            # added by the K-th, in one gemm (a second signature has logs of its
+            # own, so each call then flushes its rows).  Measured in
+            # benchmarks/NOTES.md, "Minibatched TreeLSTM".
+            logs = (count < 1.5, last) if self.is_fixed else None
+            value = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux, logs=logs)
         else:
             value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
             em = Emitter(current(), "gradients into the flat buffer")
@@ -155,8 +161,7 @@ class TrainStep(CompiledFunction):
         if self.accumulate == 1:
             exchange_and_update()
         else:
-            count = F.assign(self._count, as_rep(self._count) + 1.0)
-            cond(count >= float(self.accumulate), exchange_and_update, lambda: ())
+            cond(last, exchange_and_update, lambda: ())
         return value
 
     def _update(self, grads) -> None:
