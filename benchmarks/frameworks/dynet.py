@@ -225,4 +225,7 @@ def build(model, weights, cfg, autobatch: bool = False):
     if model == "pinn":
         raise Unsupported("DyNet has no higher-order derivatives (its backward is not differentiable), "
                           "which the PINN's loss needs")
+    if model == "transformer":
+        raise Unsupported("the char transformer is not written for DyNet (no attention or layer-norm "
+                          "twin of torch.nn.TransformerEncoderLayer here)")
     return DyNetTrainer(model, weights, cfg, autobatch=autobatch)
