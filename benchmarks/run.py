@@ -417,7 +417,8 @@ def write_charts(out: Path, summary, runs, models):
              "treelstm_mb25": "TreeLSTM, 25 trees / update",
              "transformer": "Char transformer", "pinn": "PINN (Poisson)"}
     names = {m: names.get(m, m) for m in models}
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
+    # at least the title's width (one model alone would cut it off)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.2 * len(models), 7.5), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
         rows = [(fw, r) for fw, r in summary[m]["frameworks"].items() if r["status"] == "ok"]
         xs = range(len(rows))

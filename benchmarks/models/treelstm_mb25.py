@@ -8,10 +8,23 @@ the 25 gradients (Tai et al. divide the minibatch's gradient by its size; the
 peers of this row do the same). A harness step is one minibatch, i.e. 25 calls;
 its loss is the mean of the 25 trees' losses, the minibatch objective.
 
+What accumulating costs per call: nothing beyond the tree itself. The backward
+code adds into the step's flat accumulator directly (no zeroed gradient buffers,
+no pass adding them in), and the deferred weight-gradient rows of the 25 calls
+are added by the 25th, as one gemm over all their rows (`lt.train_step`).
+
 What this does not do (issue 14, item 3): batch the recursion across the trees
-of a minibatch. Each call still runs one tree's matrix-vector products; the
-minibatch only saves 24 of 25 optimizer updates. See benchmarks/NOTES.md
-("Minibatched TreeLSTM") for the compile-time autobatching that would.
+of a minibatch. Each call still runs one tree's matrix-vector products, which
+read the whole 750 x 300 (or 450 x 300) matrix per node and are ~2/3 of the
+time. The design that would (benchmarks/NOTES.md, "Minibatched TreeLSTM"): a
+transformation of `@lt.recursive` functions whose recursion is structural over
+an IntArray tree, splitting the staged body at the recursive calls into a
+per-node "after the children" block; the K calls of an accumulating step become
+one call over a forest of K trees; a runtime level schedule (node ids by
+height, as `benchmarks/frameworks/tree_schedule.py` computes for TF and JAX)
+runs the block once per level over gathered rows (one gemm, the gates as one
+fused loop over [n, H], a scatter), and the backward runs the levels in reverse
+with the gathers transposed into scatter-adds.
 """
 from __future__ import annotations
 
