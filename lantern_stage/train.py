@@ -133,11 +133,12 @@ class TrainStep(CompiledFunction):
             count = F.assign(self._count, as_rep(self._count) + 1.0)
             last = count >= float(self.accumulate)
             # The backward code adds straight into the accumulator: no zeroed
-            # gradient buffers, no pass adding them into it; with one compiled
-            # signature the deferred weight-gradient rows of the K calls are
-            # added by the K-th, in one gemm (a second signature has logs of its
-            # own, so each call then flushes its rows).  Measured in
-            # benchmarks/NOTES.md, "Minibatched TreeLSTM".
+            # gradient buffers, no pass adding them into it.  With annotations
+            # (one compiled signature) the deferred weight-gradient rows of the
+            # K calls are added by the K-th, in one gemm; without, each call
+            # flushes its own (every signature has logs of its own, and the K
+            # calls may span several).  Measured in benchmarks/NOTES.md,
+            # "Minibatched TreeLSTM".
             logs = (count < 1.5, last) if self.is_fixed else None
             value = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux, logs=logs)
         else:
