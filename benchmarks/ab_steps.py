@@ -6,7 +6,8 @@ Each round runs one worker process per tree, in turn (A B A B ...), pinned to
 one CPU with one BLAS/OpenMP thread; a worker imports lantern_stage and the
 benchmark models from its tree (PYTHONPATH), builds each model's step (or finds
 it in the compile cache), runs `--warmup` untimed steps and then times
-`--steps` steps one by one.  Printed per model and tree: the median over rounds
+`--steps` steps one by one (a treelstm_mb25 step is one update over 25
+trees).  Printed per model and tree: the median over rounds
 of each round's median step and of its 10th percentile (on a shared machine the
 10th percentile is the steadier of the two), and B / A of both.  Alternating
 the trees within one session spreads slow phases of a loaded machine over both.
@@ -21,7 +22,7 @@ import sys
 
 import numpy as np
 
-STEPS = {"rnn": 400, "lstm": 400, "cnn": 40, "treelstm": 300}
+STEPS = {"rnn": 400, "lstm": 400, "cnn": 40, "treelstm": 300, "treelstm_mb25": 12}   # mb25: 12 updates of 25 trees
 
 WORKER = r"""
 import importlib, itertools, json, os, sys, time

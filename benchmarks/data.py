@@ -7,7 +7,7 @@ variable ``LANTERN_BENCH_DATA`` moves the default data directory.
 
 - `load_text`     char-level text for the RNN and LSTM (`CharData`, batches `CharBatch`)
 - `MnistLike`     deterministic MNIST-shaped images with learnable structure (`ImageBatch`)
-- `load_trees`    SST dev trees as int32 arrays (`Tree`)
+- `load_trees`    SST dev trees as int32 arrays (`Tree`); `minibatch` cuts them into runs
 - `embedding_table`  the fixed [5267, 300] word-embedding table for the TreeLSTM
 - `poisson_batch`  collocation points of the PINN's 2-D Poisson problem (`PoissonBatch`),
                    `poisson_exact` its solution, `poisson_grid` the evaluation grid
@@ -241,6 +241,12 @@ def load_trees(path: Optional[PathLike] = None) -> TreeData:
         out = TreeData(random_trees())
         out.source = "generated"
     return out
+
+
+def minibatch(trees: List[Tree], k: int, size: int) -> List[Tree]:
+    """Minibatch k of the endless sequence trees[0], trees[1], ..., trees[-1], trees[0], ...
+    cut into runs of `size` (the minibatched TreeLSTM's step k)."""
+    return [trees[(size * k + j) % len(trees)] for j in range(size)]
 
 
 def embedding_table(rows: int = N_WORDS, dim: int = EMBED_DIM, seed: int = 0) -> np.ndarray:

@@ -9,7 +9,7 @@ table). Elementwise work, softmax and the optimizer are left out, so
 
 `STEP_FLOPS` maps a model name to ``fn(cfg, batches) -> FLOPs per step``
 (`batches`: the data batches the run timed, for models whose steps differ, the
-TreeLSTM's trees). A model without an entry gets no floor; harness models
+TreeLSTM's trees or minibatches of trees). A model without an entry gets no floor; harness models
 register theirs here (one line each).
 """
 from __future__ import annotations
@@ -44,18 +44,28 @@ def cnn(cfg, batches=()) -> float:
     return conv1 + conv2 + fc1 + fc2
 
 
-def treelstm(cfg, trees: Sequence = ()) -> float:
-    """Mean over `trees` (leaves: a 3H x E product, no embedding gradient;
-    inner nodes: 5H x 2H with the children's gradient; every node's output layer)."""
+def _tree(cfg, t) -> int:
+    """One tree: leaves a 3H x E product (no embedding gradient), inner nodes
+    5H x 2H with the children's gradient, every node's output layer."""
     H, E, C = cfg.hidden, cfg.embed, cfg.classes
+    leaves = int((t.lch < 0).sum())
+    inner = len(t.lch) - leaves
+    return leaves * 2 * _mm(1, E, 3 * H) + inner * 3 * _mm(1, 2 * H, 5 * H) + len(t.lch) * 3 * _mm(1, H, C)
+
+
+def treelstm(cfg, trees: Sequence = ()) -> float:
+    """Mean over `trees` of one tree's products."""
     if not trees:
         return float("nan")
-    total = 0.0
-    for t in trees:
-        leaves = int((t.lch < 0).sum())
-        inner = len(t.lch) - leaves
-        total += leaves * 2 * _mm(1, E, 3 * H) + inner * 3 * _mm(1, 2 * H, 5 * H) + len(t.lch) * 3 * _mm(1, H, C)
-    return total / len(trees)
+    return sum(_tree(cfg, t) for t in trees) / len(trees)
+
+
+def treelstm_minibatch(cfg, minibatches: Sequence = ()) -> float:
+    """Mean over `minibatches` (lists of trees, one update each) of their trees'
+    products: batching the trees changes the products' shapes, not their FLOPs."""
+    if not minibatches:
+        return float("nan")
+    return sum(_tree(cfg, t) for mb in minibatches for t in mb) / len(minibatches)
 
 
 def transformer(cfg, batches=()) -> float:
@@ -83,7 +93,7 @@ def pinn(cfg, batches=()) -> float:
 
 
 STEP_FLOPS: Dict[str, Callable] = {"rnn": rnn, "lstm": lstm, "cnn": cnn, "treelstm": treelstm,
-                                   "transformer": transformer, "pinn": pinn}
+                                   "treelstm_mb25": treelstm_minibatch, "transformer": transformer, "pinn": pinn}
 
 
 def step_flops(model: str, cfg, batches=()) -> float | None:

@@ -1,6 +1,7 @@
 """The benchmark harness: the paper's Figure 6, lantern_stage side by side with its peers.
 
-    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm,transformer,pinn] [--frameworks torch,tf,...]
+    python -m benchmarks.run [--only rnn,lstm,cnn,treelstm,treelstm_mb25,transformer,pinn]
+                             [--frameworks torch,tf,...]
                              [--iters N] [--repeat R] [--quick] [--smoke]
                              [--data PATH] [--out DIR] [--probe-recompile]
     python -m benchmarks.run --scaling [--rounds R]     data-parallel scaling (benchmarks/scaling.py)
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 
 from benchmarks.frameworks import LABELS, REGISTRY
-from benchmarks.spec import MODELS, UNITS
+from benchmarks.spec import MODELS, TREE_MODELS, TREES_PER_UPDATE, UNITS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
@@ -64,9 +65,11 @@ LOG_LOSS_MODELS = {"pinn"}
 
 PRESETS = {
     # timed iterations per model, rounds, warm-up training steps
-    "full": ({m: UNITS[m][0] for m in MODELS}, 3, 3),
-    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100, "transformer": 100, "pinn": 300}, 2, 3),
-    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1, "transformer": 2, "pinn": 3}, 1, 1),
+    # (treelstm_mb25: one step is one update over 25 trees; 44 steps are the epoch's 1100)
+    "full": ({m: int(UNITS[m][0]) for m in MODELS}, 3, 3),
+    "quick": ({"rnn": 300, "lstm": 300, "cnn": 30, "treelstm": 100, "treelstm_mb25": 8, "transformer": 100,
+               "pinn": 300}, 2, 3),
+    "smoke": ({"rnn": 3, "lstm": 3, "cnn": 2, "treelstm": 1, "treelstm_mb25": 1, "transformer": 2, "pinn": 3}, 1, 1),
 }
 
 
@@ -123,11 +126,13 @@ def floors(models, iters, warmup, data_dir, peak_gflops) -> dict:
     out = {}
     for m in models:
         batches = ()
-        if m == "treelstm":   # the trees the run timed (the worker's order: k % len(trees))
+        if m in TREE_MODELS:   # the trees (minibatches) the run timed, in the worker's order
             trees = data.load_trees(Path(data_dir) / "sst" / "array_tree.txt" if data_dir else None)
-            batches = [trees[k % len(trees)] for k in range(warmup, warmup + iters[m])]
+            per = TREES_PER_UPDATE.get(m)
+            batches = [trees[k % len(trees)] if per is None else data.minibatch(trees, k, per)
+                       for k in range(warmup, warmup + iters[m])]
         try:
-            cfg = make_config(m, vocab=vocab, embedding=data.embedding_table() if m == "treelstm" else None)
+            cfg = make_config(m, vocab=vocab, embedding=data.embedding_table() if m in TREE_MODELS else None)
             flops = step_flops(m, cfg, batches)
         except ValueError:    # a model make_config does not know yet
             flops = None
@@ -273,6 +278,8 @@ def summarise(runs, models, frameworks, floor=None):
                 row["variants"] = {k: statistics.median(r["variants"][k]["ms_per_step"] for r in good)
                                    for k, v in good[0]["variants"].items()
                                    if all(r["variants"].get(k, {}).get("status") == "ok" for r in good)}
+            if m in TREES_PER_UPDATE:   # a step is one update over several trees
+                row["ms_per_tree"] = row["ms_per_step"] / TREES_PER_UPDATE[m]
             floor_ms = floor.get(m, {}).get("floor_ms")
             if floor_ms:
                 row["floor_fraction"] = floor_ms / row["ms_per_step"]
@@ -343,6 +350,10 @@ def write_markdown(path, meta, summary, unavailable, probes):
     for m, s in summary.items():
         floor_note = (f" Step: {s['step_mflop']:.1f} MFLOP of matrix products; floor {_fmt(s.get('floor_ms'))} ms."
                       if "step_mflop" in s else "")
+        per = TREES_PER_UPDATE.get(m)
+        if per:
+            floor_note += (f" A step is one update over {per} trees (the mean of their gradients); "
+                           f"*ms/step* gives the time per tree in parentheses.")
         L += [f"## {m} — {s['unit']}", "",
               f"Time reference: {s['reference_note']}. Loss reference: {LABELS.get(s['loss_reference'], '–')}."
               + floor_note, "",
@@ -364,8 +375,9 @@ def write_markdown(path, meta, summary, unavailable, probes):
             else:
                 check = "reference"
             frac = f"{100 * r['floor_fraction']:.0f}%" if r.get("floor_fraction") else "–"
+            ms = f"{r['ms_per_step']:.2f}" + (f" ({r['ms_per_tree']:.3f})" if "ms_per_tree" in r else "")
             L.append(f"| {_label(fw, r)} | {r['per_unit_median']:.2f} [{r['per_unit_min']:.2f} – {r['per_unit_max']:.2f}] "
-                     f"| {ratio} | {r['ms_per_step']:.2f} | {frac} | {r['compile_s_median']:.1f} | {r['peak_rss_mb_max']:.0f} "
+                     f"| {ratio} | {ms} | {frac} | {r['compile_s_median']:.1f} | {r['peak_rss_mb_max']:.0f} "
                      f"| {r['first_loss']:.5g} | {r['final_loss_mean']:.5g} | {check} |")
         L += [""] + (notes + [""] if notes else [])
     if unavailable:
@@ -402,9 +414,11 @@ def write_charts(out: Path, summary, runs, models):
               "tf": "#ff7f0e",
               "tf_xla": "#ffbb78", "jax": "#2ca02c", "dynet": "#9467bd", "dynet_autobatch": "#c5b0d5"}
     names = {"rnn": "Vanilla RNN", "lstm": "LSTM", "cnn": "CNN", "treelstm": "TreeLSTM",
+             "treelstm_mb25": "TreeLSTM, 25 trees / update",
              "transformer": "Char transformer", "pinn": "PINN (Poisson)"}
     names = {m: names.get(m, m) for m in models}
-    fig, axes = plt.subplots(1, len(models), figsize=(4.2 * len(models), 4.2), squeeze=False)
+    # at least the title's width (one model alone would cut it off)
+    fig, axes = plt.subplots(1, len(models), figsize=(max(4.2 * len(models), 7.5), 4.2), squeeze=False)
     for ax, m in zip(axes[0], models):
         rows = [(fw, r) for fw, r in summary[m]["frameworks"].items() if r["status"] == "ok"]
         xs = range(len(rows))
@@ -563,6 +577,8 @@ def _print_table(summary):
             ratio = f"x{r['ratio_median']:.2f}" if r["ratio_median"] is not None else ""
             flag = " LOSS MISMATCH" if r.get("loss_flag") else ""
             frac = f"{100 * r['floor_fraction']:5.1f}% of floor" if r.get("floor_fraction") else ""
+            if "ms_per_tree" in r:
+                frac = f"{r['ms_per_tree']:.3f} ms/tree  " + frac
             print(f"  {_label(fw, r):22s} {r['per_unit_median']:9.2f} s  {r['ms_per_step']:8.2f} ms/step  {ratio:>7s}  {frac} "
                   f"one-off {r['compile_s_median']:6.1f} s  rss {r['peak_rss_mb_max']:5.0f} MB  "
                   f"final loss {r['final_loss_mean']:.5g}{flag}")

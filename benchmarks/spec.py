@@ -4,7 +4,8 @@ A `Config` is what each framework's ``build(model, weights, cfg)`` receives. The
 numbers of the first four are the paper's (Wang et al. 2018, Section 6 /
 Figure 6); the fifth, a character-level transformer, is issue 12's workload;
 `pinn` is issue 11's physics-informed network (2-D Poisson, see `benchmarks.data.
-poisson_batch`).
+poisson_batch`); `treelstm_mb25` is the TreeLSTM as Tai et al. train it, one update
+per minibatch of 25 trees (issue 14).
 Every twin must use these and nothing else, so that losses can be compared
 across frameworks.
 """
@@ -15,8 +16,14 @@ from typing import Optional
 
 import numpy as np
 
-MODELS = ("rnn", "lstm", "cnn", "treelstm", "transformer", "pinn")
+MODELS = ("rnn", "lstm", "cnn", "treelstm", "treelstm_mb25", "transformer", "pinn")
 TEXT_MODELS = ("rnn", "lstm", "transformer")   # trained on `benchmarks.data.load_text` batches
+TREE_MODELS = ("treelstm", "treelstm_mb25")     # trained on `benchmarks.data.load_trees` trees
+
+# Trees per update of the minibatched TreeLSTM: a step is one update over this many
+# trees (the gradient and the reported loss are their mean, as in Tai et al.'s
+# training loop, which divides both by the batch size); times are also given per tree.
+TREES_PER_UPDATE = {"treelstm_mb25": 25}
 
 # Paper units: times are reported per this many training steps.
 UNITS = {
@@ -24,6 +31,7 @@ UNITS = {
     "lstm": (5000, "s / 5000 iterations"),
     "cnn": (600, "s / epoch (600 batches of 100)"),
     "treelstm": (1101, "s / epoch (1101 trees)"),
+    "treelstm_mb25": (1101 / 25, "s / epoch (1101 trees, 25 per update)"),
     "transformer": (1000, "s / 1000 iterations"),
     "pinn": (1000, "s / 1000 steps"),
 }
@@ -38,7 +46,7 @@ class Config:
                d_model of the transformer (64)
     seq        time steps per iteration (rnn, lstm; transformer: the context, 32)
     batch      sequences (rnn, lstm, transformer), images (cnn) or interior collocation points (pinn)
-               per step; 1 tree for treelstm
+               per step; 1 tree for treelstm, 25 trees (one update) for treelstm_mb25
     boundary   pinn: boundary points per step
     boundary_weight  pinn: weight of the boundary term of the loss (see make_config)
     optimizer  "adagrad" (PyTorch formula, accumulator starts at 0), "sgd" or "adam"
@@ -83,11 +91,12 @@ def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
     if model == "cnn":
         return Config(model, vocab=0, hidden=50, seq=0, batch=100, optimizer="sgd", lr=0.05,
                       clip=None, dropout=dropout, classes=10)
-    if model == "treelstm":
+    if model in TREE_MODELS:
         if embedding is None:
             from benchmarks.data import embedding_table
             embedding = embedding_table()
-        return Config(model, vocab=0, hidden=150, seq=0, batch=1, optimizer="adagrad", lr=0.05,
+        return Config(model, vocab=0, hidden=150, seq=0, batch=TREES_PER_UPDATE.get(model, 1),
+                      optimizer="adagrad", lr=0.05,
                       eps=1e-10, clip=None, classes=5, embed=int(embedding.shape[1]),
                       embedding=embedding)
     if model == "transformer":
@@ -103,3 +112,9 @@ def make_config(model: str, *, vocab: int = 26, dropout: bool = False,
         return Config(model, vocab=0, hidden=64, seq=0, batch=1024, boundary=256, boundary_weight=100.0,
                       optimizer="adam", lr=1e-3, eps=1e-8, clip=None)
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
+
+
+def weights_of(model: str) -> str:
+    """The model whose initial weights `model` starts from (the minibatched
+    TreeLSTM starts from the TreeLSTM's)."""
+    return "treelstm" if model in TREE_MODELS else model

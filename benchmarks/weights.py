@@ -18,7 +18,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from benchmarks.spec import Config, make_config
+from benchmarks.spec import TREE_MODELS, Config, make_config, weights_of
 
 WEIGHT_SEED = 7
 
@@ -45,7 +45,7 @@ def layout(cfg: Config) -> List[Tuple[str, Shape, int]]:
                 ("conv2.weight", (20, 10, 5, 5), 250), ("conv2.bias", (20,), 250),
                 ("fc1.weight", (50, 320), 320), ("fc1.bias", (50,), 320),
                 ("fc2.weight", (10, 50), 50), ("fc2.bias", (10,), 50)]
-    if cfg.model == "treelstm":
+    if cfg.model in TREE_MODELS:
         E, C = cfg.embed, cfg.classes
         return [("W_leaf", (3 * H, E), E), ("b_leaf", (3 * H,), E),
                 ("U", (5 * H, 2 * H), 2 * H), ("b_inner", (5 * H,), 2 * H),
@@ -76,9 +76,10 @@ def layout(cfg: Config) -> List[Tuple[str, Shape, int]]:
 def init_weights(model_or_cfg, seed: int = WEIGHT_SEED) -> "OrderedDict[str, np.ndarray]":
     """Ordered dict name -> float32 array of `model`'s initial weights.
 
-    The same (model, vocab, seed) always gives the same arrays."""
+    The same (model, vocab, seed) always gives the same arrays; the minibatched
+    TreeLSTM gets the TreeLSTM's (`spec.weights_of`)."""
     cfg = model_or_cfg if isinstance(model_or_cfg, Config) else make_config(model_or_cfg)
-    rng = np.random.default_rng([seed, zlib.crc32(cfg.model.encode())])
+    rng = np.random.default_rng([seed, zlib.crc32(weights_of(cfg.model).encode())])
     out: "OrderedDict[str, np.ndarray]" = OrderedDict()
     for name, shape, fan_in in layout(cfg):
         const = next((v for k, v in CONSTANT_INIT.items() if name.endswith(k)), None)

@@ -86,9 +86,13 @@ class Stream:
             self._raw = lambda k: data.poisson_batch(k, cfg.batch, cfg.boundary)
             self.cache = False
         else:
+            from benchmarks.spec import TREES_PER_UPDATE
             trees = data.load_trees(os.path.join(data_dir, "sst", "array_tree.txt") if data_dir else None)
+            per = TREES_PER_UPDATE.get(model)
+            # step k: tree k, or minibatch k (its first tree, per * k mod len(trees), makes it
+            # repeat after len(trees) steps as well)
             self._keys = lambda n: [k % len(trees) for k in range(n)]
-            self._raw = lambda k: trees[k]
+            self._raw = (lambda k: trees[k]) if per is None else (lambda k: data.minibatch(trees, k, per))
             self.cache = True
         self._prep = prep
         self._cached = {}
@@ -115,7 +119,7 @@ def run_model(fw, model, spec, text_vocab, build=None):
     from benchmarks.weights import init_weights
 
     cfg = S.make_config(model, vocab=text_vocab, dropout=spec["dropout"],
-                        embedding=embedding_table() if model == "treelstm" else None)
+                        embedding=embedding_table() if model in S.TREE_MODELS else None)
     weights = init_weights(cfg)
     out = {"model": model, "status": "ok"}
     _reset_peak_rss()

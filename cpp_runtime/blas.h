@@ -77,12 +77,14 @@ inline void dot(int N, const float* a, const float* b, float* out, bool accumula
 // Rows a_r (length M) and b_r (length N) of outer products a_r b_r^T whose
 // sum is added to a gradient at once: flush() is one gemm, C += A^T B.
 // The storage grows to the largest call seen and is kept for the next.
+// start(M, N, false) keeps the rows of earlier calls: an accumulating train
+// step logs the rows of K calls and flushes them in the K-th, as one gemm.
 class OuterLog {
  public:
-  void start(int M, int N) {
+  void start(int M, int N, bool fresh = true) {
     M_ = M;
     N_ = N;
-    rows_ = 0;
+    if (fresh) rows_ = 0;
   }
   void append(const float* a, const float* b, int rows) {
     std::size_t need = static_cast<std::size_t>(rows_ + rows);

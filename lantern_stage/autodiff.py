@@ -85,6 +85,31 @@ def value_and_grad(f, argnums=0, has_aux=False):
     return wrapped
 
 
+def value_and_grad_into(f, params, buffers, has_aux=False, logs=None):
+    """value_and_grad of f(params) (a list of float32 tensors) whose gradients
+    are added into `buffers` - existing staged buffers, one per parameter, of
+    the same types - instead of into fresh zeroed ones; returns f's value (and
+    aux).  A gradient accumulated over calls (lt.train_step(accumulate=K))
+    then needs neither a zero fill nor a pass adding it into the accumulator:
+    the backward code (and the deferred weight-gradient gemms) add into it.
+    logs=(fresh, flush), two staged bools: the deferred weight-gradient rows
+    are kept over calls, dropped first when `fresh`, added when `flush`
+    (passes/defer_outer.py)."""
+    b = current()
+    if b.rev is not None or b.jvp_levels:
+        raise staging_error("value_and_grad_into: only outside other grad / jvp scopes")
+    buffers = [as_rep(x) for x in buffers]
+    if len(buffers) != len(params):
+        raise staging_error(f"value_and_grad_into: {len(buffers)} buffers for {len(params)} parameters")
+    for k, (p, g) in enumerate(zip(params, buffers)):
+        if as_rep(p).type != g.type or g.var.storage != "buf":
+            raise staging_error(f"value_and_grad_into: buffer {k} is {g.type}, its parameter {as_rep(p).type}")
+    res = _stage_value_and_grad(b, f, (0,), has_aux, [list(params)], (), into=[buffers], logs=logs)
+    if has_aux:
+        return res.value, tree_unflatten(res.aux_tree, res.aux)
+    return res.value
+
+
 def grad(f, argnums=0, has_aux=False):
     """JAX's grad: the gradients only (and aux with has_aux)."""
     vg = value_and_grad(f, argnums, has_aux)
@@ -110,19 +135,26 @@ class _Staged:
         self.extra_grads = extra_grads  # gradients of `extra`, in order
 
 
-def _stage_value_and_grad(b, f, nums, has_aux, args, extra) -> _Staged:
+def _stage_value_and_grad(b, f, nums, has_aux, args, extra, into=None, logs=None) -> _Staged:
     """value_and_grad of f(*args) w.r.t. the leaves of args[n] for n in nums,
-    and w.r.t. the Reps `extra` wherever f reads them."""
+    and w.r.t. the Reps `extra` wherever f reads them.  `into`: per argnum, a
+    list of existing buffers (Reps) to add the leaves' gradients into; `logs`:
+    see value_and_grad_into."""
     from .control import collapse, expand
+    from .staging import Acc
 
     level = RevLevel(b.rev, tuple(b.jvp_levels))
     originals, grad_accs = [], []
-    for n in nums:
+    for i, n in enumerate(nums):
         leaves, tree = tree_flatten(args[n])
         tracked, accs = [], []
-        for leaf in leaves:
+        for k, leaf in enumerate(leaves):
             rep = _differentiable(leaf, n)
-            acc = b.new_acc(rep.type, level, "d_" + rep.var.name)
+            if into is None:
+                acc = b.new_acc(rep.type, level, "d_" + rep.var.name)
+            else:  # not known to be zero: what is in it stays and is added to
+                acc = Acc(into[i][k].var, level)
+                acc.touched = True
             tracked.append(Rep(rep.var, rep.block, acc, rep.tangents))
             accs.append(acc)
             originals.append(rep)
@@ -171,7 +203,8 @@ def _stage_value_and_grad(b, f, nums, has_aux, args, extra) -> _Staged:
     for slot in slots:
         b.emit(ir.Alloc(slot, False))
     accs = [a for _, group in grad_accs for a in group] + extra_accs
-    b.emit(ir.Nested(body, [v for a in accs for v in a.flat()]))
+    fresh, flush = (as_rep(x).var for x in logs) if logs is not None else (None, None)
+    b.emit(ir.Nested(body, [v for a in accs for v in a.flat()], fresh, flush))
     values = collapse([Rep(s, b.block) for s in slots], [r.type for r in outs], b.jvp_levels)
     grads = [(tree, [_grad_rep(b, a) for a in group]) for tree, group in grad_accs]
     return _Staged(level, values[0], values[1:], aux_tree, grads, originals,

@@ -12,7 +12,7 @@ whole program.  `verify` checks that every variable is defined before use.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Optional, Union
 
 from .types import IntArrayType, TensorType, contiguous_strides
 
@@ -348,10 +348,19 @@ class Jump(Stmt):
 class Nested(Stmt):
     """A nested C++ scope whose arena allocations are released at its end.
     `accumulators`: buffers (gradients of differentiated arguments) the
-    scope only adds into and never reads."""
+    scope only adds into and never reads.  `logs_fresh` / `logs_flush`:
+    bool scalars for the deferred weight-gradient logs of an accumulating
+    train step (passes/defer_outer.py) - whether this call starts them anew
+    (else they keep earlier calls' rows) and whether it flushes them; None:
+    every call starts and flushes its own."""
 
     body: Block
     accumulators: list = field(default_factory=list)
+    logs_fresh: Optional[Var] = None
+    logs_flush: Optional[Var] = None
+
+    def reads(self):
+        return [v for v in (self.logs_fresh, self.logs_flush) if v is not None]
 
     def __str__(self):
         return f"scope {self.body.label}".rstrip()

@@ -31,7 +31,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import api as F, distributed
-from .autodiff import value_and_grad
+from .autodiff import value_and_grad, value_and_grad_into
 from .compile import CompiledFunction
 from .control import cond
 from .generator import Generator
@@ -119,8 +119,8 @@ class TrainStep(CompiledFunction):
         def objective(values):
             return self.loss_fn(bind(self.model, {id(p): v for p, v in zip(params, values)}), *inputs)
 
-        value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
         if self._grads is None:
+            value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
             self._update(grads)
             return value
         flat = as_rep(self._grads)
@@ -129,9 +129,23 @@ class TrainStep(CompiledFunction):
             n = int(np.prod(p.shape))
             views.append(flat[offset:offset + n].reshape(tuple(p.shape)))
             offset += n
-        em = Emitter(current(), "gradients into the flat buffer")
-        for view, g in zip(views, grads):
-            em.map(view.var, "{0}", as_rep(g).var, acc=self.accumulate > 1)
+        if self.accumulate > 1:
+            count = F.assign(self._count, as_rep(self._count) + 1.0)
+            last = count >= float(self.accumulate)
+            # The backward code adds straight into the accumulator: no zeroed
+            # gradient buffers, no pass adding them into it.  With annotations
+            # (one compiled signature) the deferred weight-gradient rows of the
+            # K calls are added by the K-th, in one gemm; without, each call
+            # flushes its own (every signature has logs of its own, and the K
+            # calls may span several).  Measured in benchmarks/NOTES.md,
+            # "Minibatched TreeLSTM".
+            logs = (count < 1.5, last) if self.is_fixed else None
+            value = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux, logs=logs)
+        else:
+            value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
+            em = Emitter(current(), "gradients into the flat buffer")
+            for view, g in zip(views, grads):
+                em.map(view.var, "{0}", as_rep(g).var)
 
         def exchange_and_update():
             if self.data_parallel:  # the mean over ranks; the identity with one rank
@@ -148,8 +162,7 @@ class TrainStep(CompiledFunction):
         if self.accumulate == 1:
             exchange_and_update()
         else:
-            count = F.assign(self._count, as_rep(self._count) + 1.0)
-            cond(count >= float(self.accumulate), exchange_and_update, lambda: ())
+            cond(last, exchange_and_update, lambda: ())
         return value
 
     def _update(self, grads) -> None:

@@ -61,11 +61,37 @@ def test_weights_are_deterministic_and_pytorch_shaped():
         net = __import__("benchmarks.frameworks.torch_models", fromlist=["x"]).from_weights(
             model, a, spec.make_config(model))
         assert set(net.state_dict()) == set(a)
+    tree, minibatched = weights.init_weights("treelstm"), weights.init_weights("treelstm_mb25")
+    assert all(np.array_equal(tree[k], minibatched[k]) for k in tree)   # the same start
+
+
+def test_minibatches_run_through_the_trees_in_order():
+    trees = data.load_trees()
+    first, last = data.minibatch(trees, 0, 25), data.minibatch(trees, len(trees) - 1, 25)
+    assert len(first) == 25 and first[3] is trees[3]
+    assert last[0] is trees[(25 * (len(trees) - 1)) % len(trees)] and last[-1] is trees[-1]
+    assert all(a is b for a, b in zip(data.minibatch(trees, len(trees), 25), first))   # the keys' period
+    from benchmarks.frameworks.tree_schedule import level_schedule
+    forest, one = level_schedule(first[:2]), [level_schedule(t) for t in first[:2]]
+    assert len(forest.labels) == sum(len(s.labels) for s in one)
+    assert len(forest.leaf_words) == sum(len(s.leaf_words) for s in one)
+    assert len(forest.bounds) == max(len(s.bounds) for s in one)      # levels batch across trees
 
 
 # ----------------------------------------------------------------------------- twin parity
 
-STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "transformer": 3, "pinn": 3}
+STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "treelstm_mb25": 1, "transformer": 3, "pinn": 3}
+
+
+def assert_weights_agree_but_a_few(got, ref, fraction=1e-3):
+    """All but `fraction` of each tensor's elements within 1e-3 of its scale.
+    The minibatched TreeLSTM's gradient is a mean over 25 trees: where it
+    cancels to ~1e-11, Adagrad's first update lr * g / (|g| + 1e-10) follows
+    the round-off of the summation order (a level-batched product against
+    one product per node), and a few weights move by a visible part of lr."""
+    for k, r in ref.items():
+        off = np.abs(np.asarray(got[k]) - r) > 1e-3 * np.abs(r).max()
+        assert off.mean() <= fraction, (k, int(off.sum()), off.size)
 
 
 def _losses(framework, model, n):
@@ -82,8 +108,11 @@ def _losses(framework, model, n):
         batches = data.MnistLike().batches()
     elif model == "pinn":
         batches = (data.poisson_batch(k) for k in range(n))
-    else:
+    elif model == "treelstm":
         batches = iter(data.load_trees())
+    else:   # 25 trees per update
+        trees = data.load_trees()
+        batches = (data.minibatch(trees, k, cfg.batch) for k in range(n))
     prep = getattr(trainer, "prepare", lambda b: b)
     out = [trainer.step(prep(next(batches))) for _ in range(n)]
     return np.array(out), trainer
@@ -101,8 +130,24 @@ def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
     ref, ref_trainer = _losses("torch", model, STEPS[model])
     got, trainer = _losses(peer, model, STEPS[model])
     np.testing.assert_allclose(got, ref, rtol=1e-4)
+    if model == "treelstm_mb25":
+        assert_weights_agree_but_a_few(trainer.weights(), ref_trainer.weights())
+        return
     tol = 5e-2 if spec.make_config(model).optimizer == "adam" else 1e-2
     assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < tol
+
+
+def test_lantern_minibatched_treelstm_agrees_with_pytorch():
+    """lantern_stage's `train_step(accumulate=25)`: one update per minibatch of 25
+    trees with their mean gradient, as PyTorch's one backward through the mean
+    loss: the same losses (the second after one update) and weights."""
+    ref, ref_trainer = _losses("torch", "treelstm_mb25", 2)
+    got, trainer = _losses("lantern", "treelstm_mb25", 2)
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
+    assert trainer.train_step.pending == 0
+    assert_weights_agree_but_a_few(trainer.weights(), ref_trainer.weights())
+    with pytest.raises(ValueError, match="a minibatch has 25 trees"):
+        trainer.step(data.load_trees()[:3])
 
 
 def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():
@@ -137,6 +182,9 @@ def test_step_flops_follow_the_layer_shapes():
     per = lambda leaves, inner: leaves * 4 * 450 * 300 + inner * 6 * 750 * 300 + (leaves + inner) * 6 * 5 * 150  # noqa: E731
     assert one == per(*nodes(t0)) and two == (per(*nodes(t0)) + per(*nodes(t1))) / 2
     assert flops.step_flops("no such model", cfg) is None
+    mb = data.minibatch(trees, 0, 25)
+    assert flops.step_flops("treelstm_mb25", spec.make_config("treelstm_mb25"), [mb]) == sum(
+        per(*nodes(t)) for t in mb)
 
 
 # ----------------------------------------------------------------------------- harness smoke
@@ -176,3 +224,6 @@ def test_smoke_run_writes_results(tmp_path):
     for model, s in res["summary"].items():
         assert s["step_mflop"] > 0 and s["floor_ms"] > 0, model
     assert set(res["summary"]["lstm"]["frameworks"]["torch"]["variants"]) == {"LSTMCell loop", "nn.LSTM"}
+    mb25 = res["summary"]["treelstm_mb25"]["frameworks"]["torch"]   # one step = one update over 25 trees
+    assert mb25["ms_per_tree"] == pytest.approx(mb25["ms_per_step"] / 25, rel=1e-4)
+    assert "## treelstm_mb25" in md

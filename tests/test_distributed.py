@@ -205,6 +205,26 @@ def test_outside_mpi_data_parallel_is_an_ordinary_step(tmp_path):
     dp.load(tmp_path / "ck")
 
 
+def test_accumulated_tree_rows_start_anew_after_a_checkpoint_load(tmp_path):
+    """An accumulating TreeLSTM step keeps the deferred weight-gradient rows
+    of its K calls and adds them in the K-th (one gemm); loading a
+    checkpoint mid-accumulation drops them with the half-accumulated
+    gradient, so the next update is exactly a fresh step's."""
+    trees, K = M.trees(), 4
+    model, step = M.treelstm(K)
+    step.save(tmp_path / "start.npz")
+    for t in trees[K:K + 2]:  # half an accumulation of other trees, then back to the start
+        step(*t)
+    step.load(tmp_path / "start.npz")
+    assert step.pending == 0
+    fresh_model, fresh = M.treelstm(K)
+    for t in trees[:K]:
+        assert step(*t) == fresh(*t)
+    for n, v in M.weights(fresh_model).items():
+        assert np.array_equal(M.weights(model)[n], v), n
+    assert not np.array_equal(M.weights(model)["U"], M.weights(M.treelstm(K)[0])["U"])  # it did update
+
+
 def test_accumulate_errors(tmp_path):
     with pytest.raises(ValueError, match="accumulate must be an int >= 1"):
         mlp_step(4, accumulate=0)

@@ -18,6 +18,10 @@ With that the first-step losses are identical to PyTorch's and the next ones agr
 ~1e-6 (the vanilla RNN's and TreeLSTM's sign-like first Adagrad step then amplifies
 round-off, as it does between any two frameworks).
 
+treelstm_mb25 (Tai et al.'s setting): one graph, one backward and one update per
+minibatch of 25 trees, the loss their mean. With autobatching this is DyNet's
+strongest TreeLSTM setting: it batches equal operations across the 25 trees.
+
 Layouts: DyNet tensors are column-major. A batch of vectors is shape ((n,), batch),
 made from a numpy [n, batch] array; Linear weights keep PyTorch's [out, in]
 (`NumpyInitializer` flattens in Fortran order, so numpy shapes carry over). The CNN
@@ -90,7 +94,7 @@ class DyNetTrainer:
             self.trainer = dy.SimpleSGDTrainer(self.pc, learning_rate=cfg.lr)
         # DyNet clips at 5 by default; <= 0 switches clipping off
         self.trainer.set_clip_threshold(cfg.clip if cfg.clip is not None else -1)
-        if model == "treelstm":   # the fixed embedding table, looked up without gradient
+        if model in ("treelstm", "treelstm_mb25"):   # the fixed embedding table, looked up without gradient
             self.emb = self.pc.lookup_parameters_from_numpy(np.asarray(cfg.embedding, np.float32))
             self.emb.set_updated(False)
 
@@ -119,8 +123,13 @@ class DyNetTrainer:
             return ([np.ascontiguousarray(x.T) for x in batch.xs], [list(map(int, y)) for y in batch.ys])
         if self.model == "cnn":
             return (np.ascontiguousarray(batch.x.transpose(2, 3, 1, 0)), list(map(int, batch.y)))
-        labels, words, lch, rch = (a.tolist() for a in (batch.labels, batch.words, batch.lch, batch.rch))
-        return (labels, words, lch, rch)
+        if self.model == "treelstm_mb25":   # a list of trees
+            return tuple(self._prepare_tree(t) for t in batch)
+        return self._prepare_tree(batch)
+
+    @staticmethod
+    def _prepare_tree(tree):
+        return tuple(a.tolist() for a in (tree.labels, tree.words, tree.lch, tree.rch))
 
     def _e(self, name):
         return self.p[name]    # DyNet 2.1: a Parameters object is an expression of the current graph
@@ -189,6 +198,11 @@ class DyNetTrainer:
 
         node(0)
         return dy.esum(losses)
+
+    def _loss_treelstm_mb25(self, *trees):
+        """One graph for the minibatch (what autobatching batches across): the
+        mean of its trees' losses."""
+        return self.dy.esum([self._loss_treelstm(*t) for t in trees]) * (1.0 / len(trees))
 
     def loss(self, batch) -> float:
         """The loss of a prepared batch, without training."""

@@ -21,6 +21,11 @@ TreeLSTM (what runs fastest without retracing per tree shape):
   padded levels, writing each level's rows into a fixed-size state buffer
   (`tensor_scatter_nd_update`); padded rows are masked out of the loss. One compilation per bucket, all done by
   `precompile` before timing.
+- Minibatched (treelstm_mb25, tf.function only): the 25 trees of an update are
+  one forest (`tree_schedule.level_schedule` of the list), so each level is one
+  matmul over that height's nodes of all 25 trees; the same single trace, the
+  loss divided by 25. Not under XLA: padded forests of 25 trees have about one
+  shape bucket per minibatch, i.e. one XLA compilation per update.
 
 PINN: the Laplacian by nested `GradientTape`s inside the training step's tape:
 an inner tape gives du/dx of the batched network, a persistent middle tape the
@@ -35,6 +40,7 @@ from typing import Dict
 
 import numpy as np
 
+from benchmarks.frameworks import Unsupported
 from benchmarks.frameworks._common import missing
 from benchmarks.frameworks.tree_schedule import level_schedule, padded_key, padded_schedule
 
@@ -106,7 +112,7 @@ class TFTrainer:
             self.adam_m = [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
             self.adam_v = [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
             self.acc = [self.adam_t] + self.adam_m + self.adam_v   # saved and restored by precompile
-        if model == "treelstm":
+        if model in ("treelstm", "treelstm_mb25"):
             self.emb = tf.constant(cfg.embedding)
         self.loss_fn = getattr(self, f"_loss_{model}")
         sig = self._signature()
@@ -126,7 +132,7 @@ class TFTrainer:
             n, m = cfg.batch, cfg.boundary
             return [tf.TensorSpec([n, 2], tf.float32), tf.TensorSpec([n, 1], tf.float32),
                     tf.TensorSpec([m, 2], tf.float32), tf.TensorSpec([m, 1], tf.float32)]
-        if self.model == "treelstm" and not self.jit:
+        if self.model in ("treelstm", "treelstm_mb25") and not self.jit:
             i = tf.int32
             return [tf.TensorSpec([None], i), tf.TensorSpec([None], i), tf.TensorSpec([None], i),
                     tf.TensorSpec([None], i), tf.TensorSpec([None], i)]
@@ -336,6 +342,9 @@ class TFTrainer:
         logits = tf.matmul(h, v["W_out"], transpose_b=True) + v["b_out"]
         return self._ce_sum(labels, logits)
 
+    def _loss_treelstm_mb25(self, *sched):
+        """A minibatch as one forest: the mean of its trees' summed node losses."""
+        return self._loss_treelstm(*sched) / self.cfg.batch
 
     def _mlp(self, x):
         h = x
@@ -359,4 +368,7 @@ class TFTrainer:
 
 
 def build(model, weights, cfg, jit_compile: bool = False):
+    if model == "treelstm_mb25" and jit_compile:
+        raise Unsupported("not timed under XLA: padded 25-tree forests give about one shape bucket, "
+                          "so one XLA compilation, per update (the tf.function row is level-batched)")
     return TFTrainer(model, weights, cfg, jit_compile)

@@ -5,7 +5,8 @@ show; forward and backward are compiled graphs, the optimizer step stays eager.
 
 treelstm: only the two cells (leaf, inner; each with its node's loss) are
 compiled, and the recursive Python function calls them: their shapes never
-change, so they compile once. Compiling the whole recursive forward instead
+change, so they compile once (treelstm_mb25: the same, over the 25 trees of an
+update). Compiling the whole recursive forward instead
 specialises it to the tree's structure and recompiles for every new tree shape
 (tens of seconds each here, and dynamo falls back to eager after its
 recompile limit), so that variant is *reported* by `probe_whole_tree_recompile`
@@ -62,9 +63,9 @@ def build(model, weights, cfg):
         raise Unsupported("torch.compile with aot_autograd does not support double backward, "
                           "which the PINN's loss.backward() through autograd.grad(create_graph=True) needs")
     net = from_weights(model, weights, cfg)
-    if model == "treelstm":
+    if model in ("treelstm", "treelstm_mb25"):
         leaf, inner = torch.compile(net.leaf, backend=backend()), torch.compile(net.inner, backend=backend())
-        return TorchTrainer(model, net, cfg, forward=lambda tree: net(tree, leaf, inner))
+        return TorchTrainer(model, net, cfg, forward=lambda *trees: net(*trees, leaf=leaf, inner=inner))
     return TorchTrainer(model, net, cfg, forward=torch.compile(net, backend=backend()))
 
 

@@ -158,6 +158,15 @@ class TreeLSTM(nn.Module):
         return torch.stack(losses).sum()
 
 
+class TreeLSTMMinibatch(TreeLSTM):
+    """The TreeLSTM trained on minibatches (treelstm_mb25): the loss of one update
+    is the mean of its trees' losses (Tai et al. divide loss and gradient by the
+    batch size), one backward through all of them."""
+
+    def forward(self, *trees, leaf: Optional[Callable] = None, inner: Optional[Callable] = None):
+        return torch.stack([super(TreeLSTMMinibatch, self).forward(t, leaf, inner) for t in trees]).mean()
+
+
 class CharTransformer(nn.Module):
     """Character-level transformer LM: token embedding + learned positions, cfg.layers
     pre-norm `nn.TransformerEncoderLayer`s (GELU, causal mask, no dropout), a final
@@ -221,6 +230,7 @@ class PoissonPINN(nn.Module):
 
 
 MODEL_CLASSES = {"rnn": CharRNN, "lstm": CharLSTM, "cnn": MnistCNN, "treelstm": TreeLSTM,
+                 "treelstm_mb25": TreeLSTMMinibatch,
                  "transformer": CharTransformer, "pinn": PoissonPINN}
 
 
@@ -265,6 +275,8 @@ def prepare(model: str, batch):
         return torch.from_numpy(batch.x), torch.from_numpy(batch.y.astype(np.int64))
     if model == "treelstm":
         return (prepare_tree(batch),)
+    if model == "treelstm_mb25":   # a list of trees
+        return tuple(prepare_tree(t) for t in batch)
     if model == "transformer":   # [seq, batch] -> [batch, seq]
         return (torch.from_numpy(np.ascontiguousarray(batch.ids.T).astype(np.int64)),
                 torch.from_numpy(np.ascontiguousarray(batch.ys.T).astype(np.int64)))

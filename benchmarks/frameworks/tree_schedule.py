@@ -8,10 +8,14 @@ states computed so far are always a prefix of one state buffer.
 `level_schedule` is the exact, unpadded form (for graphs with dynamic shapes);
 `padded_schedule` pads leaf count, level count and level width up to buckets so
 that a compiler that needs static shapes (XLA) sees few distinct shapes.
+
+Both take one tree or a minibatch (a list) of trees: a minibatch is scheduled as
+one forest (`merge_trees`), so each level batches the nodes of that height of
+every tree, which is what DyNet's autobatching finds in a minibatch's graph.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -34,8 +38,23 @@ class PaddedSchedule(NamedTuple):
     mask: np.ndarray          # float32 [NL + D*W] 1 for real nodes, 0 for padding
 
 
-def level_schedule(tree: Tree) -> LevelSchedule:
-    height = tree_levels(tree)
+def merge_trees(trees: Sequence[Tree]) -> tuple:
+    """(forest, height): the trees' nodes in one set of arrays (tree k's nodes
+    after tree k-1's, child indices shifted to match) and every node's height."""
+    offsets = np.cumsum([0] + [len(t.labels) for t in trees])
+    shift = lambda a, o: np.where(a >= 0, a + o, a).astype(np.int32)   # noqa: E731
+    forest = Tree(np.concatenate([t.labels for t in trees]), np.concatenate([t.words for t in trees]),
+                  np.concatenate([shift(t.lch, o) for t, o in zip(trees, offsets)]),
+                  np.concatenate([shift(t.rch, o) for t, o in zip(trees, offsets)]))
+    return forest, np.concatenate([tree_levels(t) for t in trees])
+
+
+def level_schedule(tree: Union[Tree, Sequence[Tree]]) -> LevelSchedule:
+    """The schedule of one tree, or of a list of trees as one forest."""
+    if isinstance(tree, Tree):
+        height = tree_levels(tree)
+    else:
+        tree, height = merge_trees(tree)
     order = np.argsort(height, kind="stable")          # leaves first, then by level
     new = np.empty_like(order)
     new[order] = np.arange(len(order))
@@ -61,14 +80,17 @@ def width_bucket(width: int) -> int:
     return _bucket(width, 16)
 
 
-def padded_schedule(tree: Tree, leaf_step: int = 16, depth_step: int = 4) -> PaddedSchedule:
+def padded_schedule(tree: Union[Tree, Sequence[Tree]], leaf_step: int = 16, depth_step: int = 4,
+                    width_step: int = 16) -> PaddedSchedule:
     """Buffer rows: NL leaf rows, then D levels of W rows. Buckets: NL a multiple of
-    `leaf_step`, D a multiple of `depth_step`, W one of 4/8/16."""
+    `leaf_step`, D a multiple of `depth_step`, W one of 4/8/16, then a multiple of
+    `width_step` (forests of many trees have wide levels)."""
     s = level_schedule(tree)
     n_leaves, depth = len(s.leaf_words), len(s.bounds) - 1
     widths = np.diff(s.bounds)
     NL, D = _bucket(n_leaves, leaf_step), _bucket(depth, depth_step)
-    W = width_bucket(int(widths.max()) if depth else 1)
+    width = int(widths.max()) if depth else 1
+    W = width_bucket(width) if width <= 16 else _bucket(width, width_step)
     # new (unpadded) index -> buffer row
     row = np.empty(len(s.labels), dtype=np.int64)
     row[:n_leaves] = np.arange(n_leaves)

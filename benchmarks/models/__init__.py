@@ -1,6 +1,7 @@
 """The benchmark models written in lantern_stage.
 
-Each module (`rnn`, `lstm`, `cnn`, `treelstm`, `transformer`, `pinn`) defines the model as an
+Each module (`rnn`, `lstm`, `cnn`, `treelstm`, `transformer`, `pinn`; `treelstm_mb25`, the
+TreeLSTM with one update per 25 trees) defines the model as an
 `lt.nn.Module` with PyTorch's parameter names and layouts, and exposes
 
     build(weights: dict, cfg: benchmarks.spec.Config) -> LanternTrainer
@@ -53,7 +54,7 @@ def config_and_data(model: str, data=None, **overrides):
     from benchmarks import data as bdata
     from benchmarks.spec import make_config
 
-    from benchmarks.spec import TEXT_MODELS
+    from benchmarks.spec import TEXT_MODELS, TREES_PER_UPDATE
 
     if model in TEXT_MODELS:
         text = bdata.load_text(data)
@@ -67,6 +68,9 @@ def config_and_data(model: str, data=None, **overrides):
         images = bdata.MnistLike(batch=cfg.batch)
         return cfg, images.batches, images.source
     trees = bdata.load_trees(data)
+    if cfg.model in TREES_PER_UPDATE:   # minibatches of trees, one update each
+        per = TREES_PER_UPDATE[cfg.model]
+        return cfg, lambda: (bdata.minibatch(trees, i, per) for i in itertools.count()), trees.source
     return cfg, lambda: (trees[i % len(trees)] for i in itertools.count()), trees.source
 
 

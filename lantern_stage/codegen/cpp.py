@@ -70,6 +70,10 @@ class Renderer:
         self.rename: dict = {}  # var id -> parameter name, inside a loop function
         self.hoisted: dict = {}  # load text -> the local it was read into, inside one loop body
         self.locals: dict = {}  # Let name -> positional name, inside a loop function
+        # Ids of the buffers allocated by the function (continuation) body
+        # being rendered, innermost last: no parameter of that body can point
+        # into them (they did not exist when it was called).
+        self.allocated: list[set] = [set()]
 
     def line(self, text: str) -> None:
         self.lines.append("  " * self.indent + text)
@@ -98,6 +102,7 @@ class Renderer:
     # ------------------------------------------------------------ statements
     def stmt(self, s: ir.Stmt) -> None:
         if isinstance(s, ir.Alloc):
+            self.allocated[-1].add(id(s.var))
             fn = "alloc_zeroed" if s.zero else "alloc"
             t = CPP_TYPE[s.var.dtype]
             self.line(f"{t}* {s.var.name} = arena.{fn}<{t}>({max(s.var.size, 1)});")
@@ -116,13 +121,17 @@ class Renderer:
         elif isinstance(s, ir.LamDef):
             lam = s.lam
             params = ", ".join(param_decl(p) for p in lam.params)
+            self.allocated.append(set())
             self.nested(f"auto {lam.name} = [&]({params}) -> void {{  // continuation", lam.body, "};")
+            self.allocated.pop()
         elif isinstance(s, ir.FunDef):
             fun = s.fun
             sig = ", ".join([cpp_type(p) for p in fun.params] + [cont_signature(fun.k.arg_types)])
             params = ", ".join([param_decl(p) for p in fun.params] + [f"{cont_signature(fun.k.arg_types)} {fun.k.name}"])
             self.line(f"lt::FnRef<void({sig})> {fun.name};")
+            self.allocated.append(set())
             self.nested(f"auto {fun.name}_body = [&]({params}) -> void {{", fun.body, "};", frame_guard=True)
+            self.allocated.pop()
             self.line(f"{fun.name} = {fun.name}_body;")
         elif isinstance(s, ir.If):
             self.nested(f"if ({scalar_value(s.cond)}) {{", s.then)
@@ -193,13 +202,26 @@ class Renderer:
             body = self.lines
         finally:
             self.lines, self.indent, self.rename, self.locals = outer_lines, outer_indent, {}, {}
-        # __restrict only where no two pointers can meet: distinct roots, and no
-        # continuation or function parameter (those are the caller's buffers,
-        # possibly one passed twice or an outer variable under another name).
-        roots = [self.roots.get(id(v), id(v)) for v in operands if v.storage == "buf"]
-        restrict = len(set(roots)) == len(roots) and not any(r in self.params for r in roots)
-        name = self.kernels.function(params, body, restrict)
+        name = self.kernels.function(params, body, self._restrict(m, operands))
         self.line(f"{name}({', '.join(v.name for v in operands)});")
+
+    def _restrict(self, m: ir.Map, operands: list) -> bool:
+        """Whether the loop function's pointers may all be __restrict: no
+        buffer written through one pointer is reachable through another.
+        (C's restrict constrains only objects that are modified, so pointers
+        that are only read may overlap: the gate slices of one product.)
+        A written buffer must have a root of its own and not be a
+        continuation or function parameter (the caller's buffers, possibly
+        one passed twice or an outer variable under another name); when a
+        parameter is read, a written buffer must moreover be one this body
+        allocated, which no parameter can point into."""
+        root = lambda v: self.roots.get(id(v), id(v))  # noqa: E731
+        bufs = [root(v) for v in operands if v.storage == "buf"]
+        written = {root(v) for v in m.writes() if v.storage == "buf"}
+        if any(w in self.params for w in written) or sum(r in written for r in bufs) != len(written):
+            return False  # a written parameter, or a written buffer under two pointers
+        read_params = any(r in self.params for r in bufs if r not in written)
+        return not read_params or written <= self.allocated[-1]
 
     def loop(self, m: ir.Map) -> None:
         views = _views(m)

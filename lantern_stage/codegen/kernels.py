@@ -140,7 +140,8 @@ def _dropout_mask(p: Prim) -> str:
 
 def _outer_log_start(p: Prim) -> str:
     a = p.attrs
-    return f"static lt::OuterLog {a['log']}; {a['log']}.start({a['M']}, {a['N']});"
+    fresh = f", {val(p.ins[0])}" if p.ins else ""   # a bool: drop the rows of earlier calls
+    return f"static lt::OuterLog {a['log']}; {a['log']}.start({a['M']}, {a['N']}{fresh});"
 
 
 def _outer_log_append(p: Prim) -> str:
@@ -148,7 +149,8 @@ def _outer_log_append(p: Prim) -> str:
 
 
 def _outer_log_flush(p: Prim) -> str:
-    return f"{p.attrs['log']}.flush({ptr(p.outs[0])});"
+    flush = f"{p.attrs['log']}.flush({ptr(p.outs[0])});"
+    return f"if ({val(p.ins[0])}) {flush}" if p.ins else flush   # ins: a bool, flush now
 
 
 def _store_output(p: Prim) -> str:

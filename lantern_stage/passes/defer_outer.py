@@ -7,7 +7,12 @@ row - the same sum, compute-bound instead of memory-bound.
 
 Applies to a gradient of a differentiated argument (nothing inside the scope
 reads it) that receives more than one such update, or one inside a staged
-function or continuation (run many times)."""
+function or continuation (run many times).
+
+An accumulating train step (lt.train_step(accumulate=K)) sets the scope's
+`logs_fresh` / `logs_flush`: the logs keep their rows over the K calls and
+the K-th call flushes them, so the K calls' weight gradients are one gemm
+over all their rows (the minibatched TreeLSTM: ~450 rows instead of ~18)."""
 from __future__ import annotations
 
 from .. import ir
@@ -53,10 +58,12 @@ def _defer(scope: ir.Nested) -> list:
         dw = targets[tid]
         log = f"log_{dw.name}"
         m, n = dw.shape
-        before.append(ir.Prim("outer_log_start", [], [], {"log": log, "M": m, "N": n}))
+        fresh = [scope.logs_fresh] if scope.logs_fresh is not None else []
+        before.append(ir.Prim("outer_log_start", [], fresh, {"log": log, "M": m, "N": n}))
         for block, prim, _ in found:
             a, b, rows = _outer_rows(prim)
             block.stmts[block.stmts.index(prim)] = ir.Prim(
                 "outer_log_append", [], [a, b], {"log": log, "rows": rows})
-        after.append(ir.Prim("outer_log_flush", [dw], [], {"log": log}, accumulate=True))
+        now = [scope.logs_flush] if scope.logs_flush is not None else []
+        after.append(ir.Prim("outer_log_flush", [dw], now, {"log": log}, accumulate=True))
     return before + [scope] + after
