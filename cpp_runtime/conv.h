@@ -68,6 +68,10 @@
 //    interleaved comparison -- Zen 4 executes a zmm FMA as two ymm halves
 //    anyway.  Not worth a second code path.
 //  * Unrolling the dx reduction loop by 2: 2%.  Not kept.
+//  * 16 lanes (zmm) on a Sapphire Rapids Xeon (two 512-bit FMA ports): conv1's
+//    forward 0.31 -> 0.28 ms, its dw slower (24-wide rows are 16 + 8 lanes, so
+//    dy needs padding to 32), conv2 slower (half-empty zmm); the CNN step
+//    unchanged over 21 interleaved rounds.  Not kept (benchmarks/NOTES.md).
 //  * dx by input rows (reduce over F*KH, 5x fewer read-modify-writes, but
 //    1.1-1.3x extra FMAs at the image edges): 1.07-1.40 ms vs 0.95 in isolation.
 //  * Ordering dx columns (kw, kh, c) vs (kw, c, kh): no measurable change, kept
