@@ -56,6 +56,18 @@ def referenced(stmt: ir.Stmt, buffers: Buffers) -> set:
     return out
 
 
+def written_within(stmt: ir.Stmt) -> set:
+    """ids of every variable `stmt` writes, in its nested blocks too."""
+    out = set()
+    stack = [stmt]
+    while stack:
+        s = stack.pop()
+        out.update(id(v) for v in s.writes())
+        for child in ir.children(s):
+            stack.extend(child.stmts)
+    return out
+
+
 def read_counts(body: ir.Block, buffers: Buffers) -> dict:
     """Root id -> number of statements reading it, not counting a statement's
     reads of what it writes itself (an accumulation keeps nothing alive)."""

@@ -9,17 +9,7 @@ buffer, unless something in between writes x, the indices or the scratch."""
 from __future__ import annotations
 
 from .. import ir
-
-
-def _writes(stmt: ir.Stmt) -> set:
-    out = set()
-    stack = [stmt]
-    while stack:
-        s = stack.pop()
-        out.update(id(v) for v in s.writes())
-        for child in ir.children(s):
-            stack.extend(child.stmts)
-    return out
+from .analysis import written_within
 
 
 def reuse_pooled_values(program) -> None:
@@ -38,7 +28,7 @@ def reuse_pooled_values(program) -> None:
                     block.stmts[k] = alias
                     dropped.add(allocs[id(stmt.outs[0])])  # the view replaces its buffer
                     continue
-            written = _writes(stmt)
+            written = written_within(stmt)
             pooled = {key: f for key, f in pooled.items() if not written & {id(v) for v in f}}
             if isinstance(stmt, ir.Prim) and stmt.kind == "pool_argmax" and not stmt.accumulate:
                 x, (at, scratch) = stmt.ins[0], stmt.outs

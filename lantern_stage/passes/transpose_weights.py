@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..types import TensorType
+from .analysis import written_within
 
 MIN_ROWS = 16
 
@@ -35,17 +36,6 @@ def _uses(stmt: ir.Stmt, targets: dict, found: dict) -> None:
         if isinstance(s, (ir.Nested, ir.Loop, ir.If)):
             for child in ir.children(s):
                 stack.extend(child.stmts)
-
-
-def _writes(stmt: ir.Stmt) -> set:
-    out = set()
-    stack = [stmt]
-    while stack:
-        s = stack.pop()
-        out.update(id(v) for v in s.writes())
-        for child in ir.children(s):
-            stack.extend(child.stmts)
-    return out
 
 
 def transpose_weights(program) -> None:
@@ -66,7 +56,7 @@ def transpose_weights(program) -> None:
         if sum(p.attrs["M"] for p in prims) < MIN_ROWS:
             continue
         first, last = where[tid]
-        if any(tid in _writes(top[k]) for k in range(first, last + 1)):
+        if any(tid in written_within(top[k]) for k in range(first, last + 1)):
             continue
         w = targets[tid]
         n, k = w.shape
