@@ -60,7 +60,9 @@ class TreeLSTM(nn.Module):
         return node(0)[2]
 
 
-def build(weights, cfg) -> LanternTrainer:
+def tree_step(weights, cfg, **options):
+    """The model loaded with `weights` and its Adagrad train step over one
+    tree; `options` go to `lt.train_step` (name, accumulate)."""
     model = TreeLSTM(cfg.embedding, cfg.hidden, cfg.classes)
     model.load_state_dict(weights)
 
@@ -68,7 +70,11 @@ def build(weights, cfg) -> LanternTrainer:
         return model(labels, words, lch, rch)
 
     opt = lt.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.eps)
-    step = lt.train_step(model, loss_fn, opt, clip_grad_norm=cfg.clip, name="treelstm_step")
+    return model, lt.train_step(model, loss_fn, opt, clip_grad_norm=cfg.clip, **options)
+
+
+def build(weights, cfg) -> LanternTrainer:
+    model, step = tree_step(weights, cfg, name="treelstm_step")
     return LanternTrainer(model, step, lambda tree: (tree.labels, tree.words, tree.lch, tree.rch))
 
 

@@ -32,9 +32,7 @@ from typing import Dict
 
 import numpy as np
 
-import lantern_stage as lt
-
-from benchmarks.models.treelstm import TreeLSTM
+from benchmarks.models.treelstm import tree_step
 
 
 class MinibatchTrainer:
@@ -66,13 +64,4 @@ class MinibatchTrainer:
 
 
 def build(weights, cfg) -> MinibatchTrainer:
-    model = TreeLSTM(cfg.embedding, cfg.hidden, cfg.classes)
-    model.load_state_dict(weights)
-
-    def loss_fn(model, labels: lt.IntArray, words: lt.IntArray, lch: lt.IntArray, rch: lt.IntArray):
-        return model(labels, words, lch, rch)
-
-    opt = lt.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.eps)
-    step = lt.train_step(model, loss_fn, opt, clip_grad_norm=cfg.clip, accumulate=cfg.batch,
-                         name="treelstm_mb25_step")
-    return MinibatchTrainer(model, step)
+    return MinibatchTrainer(*tree_step(weights, cfg, accumulate=cfg.batch, name="treelstm_mb25_step"))
