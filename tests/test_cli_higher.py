@@ -2,8 +2,8 @@
 package's entry points (a PINN-style train step whose loss holds a nested-jvp
 Laplacian and a gradient penalty by an inner `lt.grad`, a Hessian-vector
 product, a causal transformer train step) give the numbers of the same model
-run in process, and the `--standalone` program trains the PINN step with the
-package's losses."""
+run in process, and the `--standalone` programs train the PINN step and the
+transformer step with the package's losses."""
 from __future__ import annotations
 
 import json
@@ -124,3 +124,23 @@ def test_standalone_program_trains_the_pinn_step_with_the_packages_losses(compil
     package = json.loads(ok(python(RUN.format(imports="import higher_model as m"),
                                    args=(compiled / "out", folder / "data"))).stdout)
     np.testing.assert_array_equal(losses, np.float32(package["pinn"]))
+
+
+def test_standalone_program_trains_the_transformer_step_with_the_packages_losses(compiled):
+    out = compiled / "out_lm"
+    ok(lantern("compile", compiled / "higher_model.py", "-o", out, "--standalone", "--entry", "lm_step", "--steps", "3"))
+    folder = out / "higher_model" / "standalone"
+    ok(subprocess.run(["make", "-C", str(folder)], capture_output=True, text=True, timeout=600))
+    ok(subprocess.run(["./higher_model", "--steps", "3", "--out", "trained"], cwd=folder, capture_output=True,
+                      text=True, timeout=120))
+    losses = np.load(folder / "trained" / "losses.npy")
+    package = json.loads(ok(python("""
+        import json, sys
+        import numpy as np
+        sys.path.insert(0, sys.argv[1])
+        import higher_model as m
+        x, y = np.load(sys.argv[2] + "/x.npy"), np.load(sys.argv[2] + "/y.npy")
+        print(json.dumps([float(m.lm_step(x[i], y[i])) for i in range(len(x))]))
+    """, args=(out, folder / "data"))).stdout)
+    assert len(package) == 3
+    np.testing.assert_array_equal(losses, np.float32(package))
