@@ -10,6 +10,7 @@ rendering, g++ and loading.  Reports wall seconds and g++'s CPU seconds
 """
 import argparse
 import dataclasses
+import importlib
 import os
 import resource
 import tempfile
@@ -42,38 +43,27 @@ def main(argv=None) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "1")
 
-    from benchmarks import data, spec
-    from benchmarks.frameworks import Framework
-    from benchmarks.models import rnn
+    if args.data:
+        os.environ["LANTERN_BENCH_DATA"] = args.data
+    from benchmarks import spec
+    from benchmarks.data import load_text
+    from benchmarks.models import config_and_data, rnn
     from benchmarks.weights import init_weights
-    from benchmarks.worker import Stream
 
-    data_dir = args.data or str(data.data_dir())
-    text_path = os.path.join(data_dir, "text", "graham.txt")
-    vocab = len(data.load_text(text_path if os.path.exists(text_path) else None).vocab)
-    lantern = Framework("lantern")
-    lantern.configure_threads()
     print("model         first call (s)   g++ CPU (s)")
     for model in spec.MODELS:
-        cfg = spec.make_config(model, vocab=vocab,
-                               embedding=data.embedding_table() if model == "treelstm" else None)
-        build = lambda w, c, m=model: lantern.build(m, w, c)  # noqa: E731
-        stream = Stream(model, data_dir if os.path.isdir(data_dir) else None, _Raw(), cfg)
-        wall, gxx = first_call(build, init_weights(cfg), cfg, stream.get(stream.keys(1)[0]))
+        cfg, batches, _ = config_and_data(model)
+        module = importlib.import_module(f"benchmarks.models.{model}")
+        wall, gxx = first_call(module.build, init_weights(cfg), cfg, next(batches()))
         print(f"{model:<13} {wall:>14.2f} {gxx:>13.2f}", flush=True)
     for seq in (10, 100, 200):
         # batch 5: the shared text holds 200 x 5 characters; the batch does not change the code's size
-        cfg = dataclasses.replace(spec.make_config("rnn", vocab=vocab), seq=seq, batch=5)
-        text = data.load_text(text_path if os.path.exists(text_path) else None)
+        cfg, _, _ = config_and_data("rnn")
+        cfg = dataclasses.replace(cfg, seq=seq, batch=5)
+        text = load_text()
         batch = text.batch_at(next(text.offsets(seq, 5)), seq, 5)
         wall, gxx = first_call(rnn.build, init_weights(cfg), cfg, batch)
         print(f"rnn x{seq:<9} {wall:>14.2f} {gxx:>13.2f}", flush=True)
-
-
-class _Raw:
-    """A trainer stand-in for `Stream`: the raw batches, prepared by the real trainer later."""
-
-    prepare = None
 
 
 if __name__ == "__main__":

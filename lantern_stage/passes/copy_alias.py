@@ -11,11 +11,12 @@ an `Alias` (a pointer, no loop, no buffer), declared where the copy was
 allocated by the program (an input or captured array can change behind it)."""
 from __future__ import annotations
 
+from bisect import bisect_left
 from math import prod
 
 from .. import ir
 from ..types import contiguous_strides
-from .analysis import analyse, referenced
+from .analysis import analyse
 
 
 def _whole_copy(stmt):
@@ -39,17 +40,48 @@ def _whole_copy(stmt):
     return dst.var, src.var
 
 
-def _writes_or_calls(stmts, root_id, buffers) -> bool:
-    stack = list(stmts)
-    while stack:
-        s = stack.pop()
-        if isinstance(s, (ir.Call, ir.Jump)):
-            return True
-        if any(id(buffers.of(v)[0]) == root_id for v in s.writes()):
-            return True
-        for child in ir.children(s):
-            stack.extend(child.stmts)
-    return False
+class _Order:
+    """Statements numbered depth first in program order, so that a run of a
+    block's statements together with everything nested in them is one range
+    of numbers; which statements write, name or call is kept per buffer as
+    sorted numbers.  "Does anything in stmts[i:j] write g" is then a
+    bisection, not a walk of the rest of the program (which, in CPS, nests
+    inside each statement: walking it per copy was quadratic in the length
+    of an unrolled loop)."""
+
+    def __init__(self, body: ir.Block, buffers):
+        order = [stmt for _, stmt in ir.walk(body)]
+        self.pos = {id(stmt): k for k, stmt in enumerate(order)}
+        self.size = {}
+        for stmt in reversed(order):  # descendants come after their statement
+            self.size[id(stmt)] = 1 + sum(self.size[id(c)] for b in ir.children(stmt) for c in b.stmts)
+        self.writes, self.names, self.calls = {}, {}, []
+        for k, stmt in enumerate(order):
+            if isinstance(stmt, (ir.Call, ir.Jump)):
+                self.calls.append(k)
+            for v in stmt.writes():
+                self.writes.setdefault(id(buffers.of(v)[0]), []).append(k)
+            named = {id(buffers.of(v)[0]) for v in stmt.reads() + stmt.writes()}
+            if isinstance(stmt, ir.Alias):
+                named.add(id(buffers.of(stmt.base)[0]))
+            if isinstance(stmt, ir.Alloc):
+                named.add(id(stmt.var))
+            for rid in named:
+                self.names.setdefault(rid, []).append(k)
+
+    def replaced(self, old, new) -> None:
+        self.pos[id(new)], self.size[id(new)] = self.pos[id(old)], 1
+
+    def span(self, stmts) -> tuple[int, int]:
+        """The numbers of `stmts` (consecutive in a block) and all they nest."""
+        if not stmts:
+            return 0, 0
+        return self.pos[id(stmts[0])], self.pos[id(stmts[-1])] + self.size[id(stmts[-1])]
+
+    @staticmethod
+    def hit(numbers, span) -> bool:
+        k = bisect_left(numbers, span[0])
+        return k < len(numbers) and numbers[k] < span[1]
 
 
 def alias_copies(program) -> None:
@@ -63,6 +95,7 @@ def alias_copies(program) -> None:
             writers[rid] = writers.get(rid, 0) + 1
         if isinstance(stmt, ir.Alias):
             based.add(id(buffers.of(stmt.base)[0]))
+    order = _Order(program.body, buffers)
     for block in list(ir.blocks(program.body)):
         allocs: dict = {}  # id var -> index of its Alloc in this block
         dropped = set()
@@ -77,14 +110,16 @@ def alias_copies(program) -> None:
             at = allocs.get(id(d))
             if at is None or block.stmts[at].zero or writers.get(id(d)) != 1 or id(d) in based:
                 continue
-            if any(id(d) in referenced(s, buffers) for s in block.stmts[at + 1:k]):
+            if order.hit(order.names.get(id(d), []), order.span(block.stmts[at + 1:k])):
                 continue  # d is named before the copy (a continuation defined in between): keep its buffer
             g_root = buffers.of(g)[0]
-            if not buffers.is_owned(g) or _writes_or_calls(block.stmts[k + 1:], id(g_root), buffers):
+            after = order.span(block.stmts[k + 1:])
+            if not buffers.is_owned(g) or order.hit(order.calls, after) or order.hit(order.writes.get(id(g_root), []), after):
                 continue
             alias = ir.Alias(d, g, 0)
             alias.loc = stmt.loc
             block.stmts[k] = alias
+            order.replaced(stmt, alias)
             dropped.add(at)
             base, off = buffers.of(g)
             buffers.root[id(d)] = (base, off)
