@@ -88,6 +88,18 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
+def covers_once(shape, strides, size: int) -> bool:
+    """A view (offset 0) of `shape` with `strides` visits each of `size`
+    elements exactly once: sorted by stride, its dimensions form a packed
+    layout (a permutation of a contiguous one counts too)."""
+    step = 1
+    for s, n in sorted((s, n) for s, n in zip(strides, shape) if n != 1):
+        if s != step:
+            return False
+        step *= n
+    return step == size
+
+
 class _TensorAnnotation(type):
     """`Tensor[d0, d1, ...]` and `Tensor[d0, ..., "int32"]` build a TensorType."""
 

@@ -15,6 +15,7 @@ dA += t` into `gemm(..., beta = 1)` into dA, today's backward code.
 """
 from __future__ import annotations
 
+from ..types import covers_once
 from .registry import ShapeError, TensorType, defop
 
 
@@ -190,14 +191,7 @@ def bmm_covers_output(attrs, size: int) -> bool:
                          attrs.get("lda"), attrs.get("ldb"), attrs.get("ldc"))
     if attrs.get("oc", 0):
         return False
-    dims = [(st, n) for n, st in zip(attrs["batch"], attrs["so"]) if n != 1]
-    dims += [(ldc, attrs["M"]), (1, attrs["N"])]
-    step = 1
-    for st, n in sorted(d for d in dims if d[1] != 1):  # from the innermost: a packed layout
-        if st != step:
-            return False
-        step *= n
-    return step == size
+    return covers_once([*attrs["batch"], attrs["M"], attrs["N"]], [*attrs["so"], ldc, 1], size)
 
 
 def _bmm_type(a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb, oa=0, ob=0, oc=0, lda=None, ldb=None,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .. import ir
 from ..ops.linalg import bmm_covers_output
+from ..types import covers_once
 from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
@@ -72,22 +73,8 @@ def _writes_all_first(stmt, var, buffers) -> bool:
     loads = [v for a in stmt.assigns for v in ir.expr_loads(a.expr) if buffers.of(v.var)[0] is var]
     if len(mine) != 1 or loads or not mine[0].accumulate or not whole(mine[0].dst.var, mine[0].dst.offset):
         return False
-    if not _covers_once(stmt.shape, mine[0].dst.strides, var.size):
+    if not covers_once(stmt.shape, mine[0].dst.strides, var.size):
         return False
     mine[0].accumulate = False
     return True
-
-
-def _covers_once(shape, strides, size) -> bool:
-    """The view (offset 0) of `shape` with `strides` visits each of `size`
-    elements exactly once: sorted by stride, the dimensions are a
-    contiguous layout (a transpose of one is too, the transposed gradient
-    of a permuted tensor)."""
-    dims = sorted(((s, n) for s, n in zip(strides, shape) if n != 1), reverse=True)
-    step = 1
-    for s, n in reversed(dims):
-        if s != step:
-            return False
-        step *= n
-    return step == size
 
