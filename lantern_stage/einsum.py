@@ -145,15 +145,24 @@ def _prepare(x, labels: list[str], sizes: dict, keep: set):
     if squeeze:
         labels = [c for k, c in enumerate(labels) if k not in squeeze]
         x = _reshape(x, [n for k, n in enumerate(x.shape) if k not in squeeze])
-    private = [k for k, c in enumerate(labels) if c not in keep]
-    for k in reversed(private):
+    return _sum_out(x, labels, lambda c: c not in keep)
+
+
+def _sum_out(x, labels: list[str], drop):
+    """x summed over the dimensions whose label `drop` selects; -> (x, labels left)."""
+    for k in reversed([k for k, c in enumerate(labels) if drop(c)]):
         x = reduce.sum_axis(x, axis=k, keepdims=False)
-    return x, [c for c in labels if c in keep]
+    return x, [c for c in labels if not drop(c)]
 
 
 def _contract(a, la, b, lb, keep: set, sizes: dict):
     """The product of two prepared operands over their common labels that
     `keep` does not need; -> (result, its labels)."""
+    # A label on one side only that `keep` does not need: the other side had
+    # it as a broadcast size-1 dimension (dropped by _prepare), so it is
+    # summed out of this side alone.
+    a, la = _sum_out(a, la, lambda c: c not in lb and c not in keep)
+    b, lb = _sum_out(b, lb, lambda c: c not in la and c not in keep)
     batch = [c for c in la if c in lb and c in keep]
     inner = [c for c in la if c in lb and c not in keep]
     free_a = [c for c in la if c not in lb]

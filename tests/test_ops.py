@@ -711,6 +711,7 @@ CASES = [
     C("einsum/dot and sum", lambda m, a, b: m.einsum("ij,ij->", a, b), F(3, 4), F(3, 4)),
     C("einsum/three operands", lambda m, a, b, c: m.einsum("ij,jk,kl->il", a, b, c), F(2, 3), F(3, 4), F(4, 5)),
     C("einsum/same operand twice", lambda m, a: m.einsum("ij,kj->ik", a, a), F(3, 4)),
+    C("einsum/contracted label broadcast from size 1", lambda m, a, b: m.einsum("ij,jk->ik", a, b), F(2, 1), F(3, 4)),
 ]
 
 # The ops issue 2 promises; the table must exercise each (test_table_covers_contract).
