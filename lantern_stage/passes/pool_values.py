@@ -5,14 +5,32 @@ op needs a saved buffer for its backward.  The argmax kernel finds each
 window's maximum anyway and writes it into a scratch buffer; a gather of the
 same x by those indices later in the same block reads exactly those values
 again (index by index, a scalar pass).  It becomes a view of the scratch
-buffer, unless something in between writes x, the indices or the scratch."""
+buffer, unless something in between writes x, the indices or the scratch
+(through any view of them, or by a call, which may write anything), or
+names the gather's output before it."""
 from __future__ import annotations
 
 from .. import ir
-from .analysis import written_within
+from .analysis import analyse, referenced
+
+
+def _writes_or_calls(stmt: ir.Stmt, buffers) -> set | None:
+    """Root ids `stmt` (with what it nests) writes; None when it calls a
+    function or continuation (which may write anything)."""
+    out = set()
+    stack = [stmt]
+    while stack:
+        s = stack.pop()
+        if isinstance(s, (ir.Call, ir.Jump)):
+            return None
+        out.update(id(buffers.of(v)[0]) for v in s.writes())
+        for child in ir.children(s):
+            stack.extend(child.stmts)
+    return out
 
 
 def reuse_pooled_values(program) -> None:
+    buffers = analyse(program.body)
     for block in ir.blocks(program.body):
         pooled = {}  # (id x, id at) -> (x, at, scratch) with scratch = x[at]
         allocs = {}  # id var -> index of its Alloc in this block
@@ -22,14 +40,18 @@ def reuse_pooled_values(program) -> None:
                 allocs[id(stmt.var)] = k
             if isinstance(stmt, ir.Prim) and stmt.kind == "pool_gather" and not stmt.accumulate:
                 found = pooled.get((id(stmt.ins[0]), id(stmt.ins[1])))
-                if found is not None and id(stmt.outs[0]) in allocs:
+                where = allocs.get(id(stmt.outs[0]))
+                if found is not None and where is not None and not any(
+                        id(stmt.outs[0]) in referenced(s, buffers) for s in block.stmts[where + 1:k]):
                     alias = ir.Alias(stmt.outs[0], found[2], 0)
                     alias.loc = stmt.loc
                     block.stmts[k] = alias
-                    dropped.add(allocs[id(stmt.outs[0])])  # the view replaces its buffer
+                    dropped.add(where)  # the view replaces its buffer
                     continue
-            written = written_within(stmt)
-            pooled = {key: f for key, f in pooled.items() if not written & {id(v) for v in f}}
+            if pooled:  # (only then: walking what each statement nests is not free)
+                written = _writes_or_calls(stmt, buffers)
+                pooled = {} if written is None else {
+                    key: f for key, f in pooled.items() if not written & {id(buffers.of(v)[0]) for v in f}}
             if isinstance(stmt, ir.Prim) and stmt.kind == "pool_argmax" and not stmt.accumulate:
                 x, (at, scratch) = stmt.ins[0], stmt.outs
                 pooled[(id(x), id(at))] = (x, at, scratch)
