@@ -322,7 +322,7 @@ IDEAL_OF = {"lantern": "lantern:ideal", "torch": "torch:ideal"}
 
 def render(table: dict, models: list[str], meta: dict) -> str:
     lines = [f"# Data-parallel scaling ({meta['date']})", "",
-             f"CPU: {meta['cpu']}, {meta['cores']} cores (shared; load average at the end "
+             f"CPU: {meta['cpu']}, {meta['cores']} cores (load average at the end "
              f"{', '.join(f'{x:.1f}' for x in meta['load_average'])}); {meta['rounds']} rounds, medians. "
              "Work per update: CNN batch 100 (50 per rank), TreeLSTM 20 trees (10 per rank). "
              "Efficiency: throughput / the ideal of the same framework (its two CPUs' single-process "

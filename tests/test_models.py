@@ -154,7 +154,7 @@ LOOKAHEAD = 2
 LOSS_FLOOR = 2e-6
 WEIGHT_FLOOR = 1e-5
 DISCRETE = ("cnn",)  # models whose forward makes discrete choices (max pooling, relu)
-# About 16 float32 ulps: above the float32 trajectories' own distance from
+# About 8 float32 ulps: above the float32 trajectories' own distance from
 # float64 before the CNN's first near tie (2.4e-7 after 16 steps).
 PERTURBATION = 1e-6
 GRADIENT_RTOL = 1e-5  # ~100 float32 ulps: a step's gradients through its sums
