@@ -22,6 +22,20 @@ inline void gather_rows(const float* table, const int32_t* idx, float* out, long
                 sizeof(float) * width);
 }
 
+// out[i] = a[idx[i]] for i < n, an IntArray read at an int32 tensor of
+// indices (numpy's a[idx]: a negative index counts from the end).
+inline void gather_index(const int32_t* a, long a_len, const int32_t* idx, int32_t* out, long n) {
+  for (long i = 0; i < n; ++i) out[i] = a[wrap_index(idx[i], a_len, "IntArray read")];
+}
+
+// dtable[idx[i], :] = rows[i, :] (lt.assign with an index; a repeated index
+// keeps its last row, as numpy's).
+inline void scatter_rows(const float* rows_in, const int32_t* idx, float* dtable, long n, long rows, long width) {
+  for (long i = 0; i < n; ++i)
+    std::memcpy(dtable + long(check_index(idx[i], rows, "assign index")) * width, rows_in + i * width,
+                sizeof(float) * width);
+}
+
 inline void scatter_add_rows(const float* dout, const int32_t* idx, float* dtable, long n, long rows, long width) {
   for (long i = 0; i < n; ++i) {
     float* dst = dtable + long(check_index(idx[i], rows, "embedding index")) * width;

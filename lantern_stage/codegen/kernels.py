@@ -199,6 +199,9 @@ KERNELS = {
     "dropout_mask": _dropout_mask,
     "gather_rows": _nn_call("gather_rows", "n", "rows", "width"),
     "scatter_add_rows": _nn_call("scatter_add_rows", "n", "rows", "width"),
+    "scatter_rows": _nn_call("scatter_rows", "n", "rows", "width"),
+    "gather_index": lambda p: (f"lt::gather_index({ptr(p.ins[0])}, {p.ins[0].name}_len, {ptr(p.ins[1])}, "
+                               f"{ptr(p.outs[0])}, {p.attrs['n']});"),
 }
 
 

@@ -343,12 +343,19 @@ embedding = defop("embedding", _embedding_type, _embedding_forward,
 
 
 # ---------------------------------------------------------------- assign
-def assign(dst, value):
+def assign(dst, value, index=None, add=False):
     """Write `value` (broadcast to dst's shape) into the captured array `dst`
     in place: a statement, not an op, with no result buffer and no gradient.
     It is how a staged optimizer updates parameters and its state, which
     live in numpy arrays shared with C++.  Returns the staged `dst`, which
-    reads the new value from here on."""
+    reads the new value from here on.
+
+    With `index` (a 1-D int32 tensor of row numbers in [0, rows), checked
+    at run time, as lt.embedding's) only those rows of a 2-D `dst` are
+    written, from the rows of a 2-D `value`: numpy's dst[index] = value (a
+    repeated row keeps the last one); with `add=True`, np.add.at(dst, index,
+    value) (repeated rows add up).  Without `index`, `add=True` is
+    dst += value."""
     b = current()
     d = as_rep(dst)
     v = as_rep(value, d.dtype)
@@ -357,15 +364,33 @@ def assign(dst, value):
             "assign: the destination must be a captured array (a numpy array or "
             "parameter used by the staged code), not a value computed while staging"
         )
+    if v.dtype != d.dtype and not (d.dtype == "float32" and v.var.storage == "const"):
+        raise staging_error(f"assign: cannot write {v.dtype} into a {d.dtype} array; cast it first")
+    if v.block is not None and not b.visible(v.block):
+        raise staging_error(f"assign: {v.var.name} is used outside the scope it was computed in")
+    em = Emitter(b, f"assign {user_location()}")
+    if index is not None:
+        _assign_rows(em, d, v, as_rep(index), add)
+        return d
     try:
         shape = broadcast_shapes(d.shape, v.shape)
     except ShapeError as e:
         raise staging_error(f"assign: {e}") from None
     if shape != d.shape:
         raise staging_error(f"assign: a value of shape {v.shape} does not fit into {d.shape}")
-    if v.dtype != d.dtype and not (d.dtype == "float32" and v.var.storage == "const"):
-        raise staging_error(f"assign: cannot write {v.dtype} into a {d.dtype} array; cast it first")
-    if v.block is not None and not b.visible(v.block):
-        raise staging_error(f"assign: {v.var.name} is used outside the scope it was computed in")
-    Emitter(b, f"assign {user_location()}").map(d.var, "{0}", v.var)
+    em.map(d.var, "{0}", v.var, acc=add)
     return d
+
+
+def _assign_rows(em, d, v, idx, add: bool) -> None:
+    if idx.dtype != "int32" or len(idx.shape) != 1:
+        raise staging_error(f"assign: index must be a 1-D int32 tensor of row numbers, got {idx.type}")
+    if len(d.shape) != 2 or v.shape != (idx.shape[0], d.shape[1]):
+        raise staging_error(f"assign: rows {v.type} for index {idx.type} do not fit into the rows of "
+                            f"{d.type} (expected [{idx.shape[0]}, {d.shape[1] if len(d.shape) == 2 else '?'}] "
+                            "into a 2-D array)")
+    # Both kernels leave the other rows as they are: `accumulate` (the
+    # destination is read too) keeps every pass from taking either for a
+    # write of the whole array.
+    kind = "scatter_add_rows" if add else "scatter_rows"
+    em.prim(kind, [d.var], [v.var, idx.var], acc=True, **_embedding_dims(d.type, idx.type))

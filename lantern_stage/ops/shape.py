@@ -169,15 +169,21 @@ take = defop("take", _take_type, _take_forward, jvp=_take_jvp, vjp=_take_vjp)
 def _array_read_type(a, i):
     if not isinstance(a, IntArrayType):
         raise ShapeError("internal: array_read needs an IntArray")
-    if i.shape != () or i.dtype not in ("int32",):
-        raise ShapeError(f"an IntArray index must be a staged or Python int, got {i}")
-    return TensorType((), "int32")
+    if i.dtype != "int32":
+        raise ShapeError(f"an IntArray index must be a staged or Python int, or an int32 tensor, got {i}")
+    return TensorType(i.shape, "int32")
 
 
 def _array_read_forward(em, out, a, i):
-    em.map(out, "{0}[lt::wrap_index({1}, {0}_len, \"IntArray read\")]", ("fmt", a.name, []), i)
+    if out.shape:
+        em.prim("gather_index", [out], [a, i], n=out.size)
+    else:
+        em.map(out, "{0}[lt::wrap_index({1}, {0}_len, \"IntArray read\")]", ("fmt", a.name, []), i)
 
 
+# a[i] of an IntArray: one element for a staged int, or an int32 tensor of i's
+# shape for an int32 tensor of indices (a gather, as numpy's a[i]); every
+# index bounds-checked, a negative one counting from the end.
 array_read = defop("array_read", _array_read_type, _array_read_forward)
 
 
