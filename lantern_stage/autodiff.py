@@ -88,26 +88,36 @@ def value_and_grad(f, argnums=0, has_aux=False):
 def value_and_grad_into(f, params, buffers, has_aux=False, logs=None):
     """value_and_grad of f(params) (a list of float32 tensors) whose gradients
     are added into `buffers` - existing staged buffers, one per parameter, of
-    the same types - instead of into fresh zeroed ones; returns f's value (and
-    aux).  A gradient accumulated over calls (lt.train_step(accumulate=K))
-    then needs neither a zero fill nor a pass adding it into the accumulator:
-    the backward code (and the deferred weight-gradient gemms) add into it.
+    the same types - instead of into fresh zeroed ones; a None buffer is a
+    fresh zeroed one.  Returns (f's value (and aux), the gradients of the
+    parameters whose buffer is None, None for the others).  A gradient
+    accumulated over calls (lt.train_step(accumulate=K)) then needs neither a
+    zero fill nor a pass adding it into the accumulator: the backward code
+    (and the deferred weight-gradient gemms) add into it.
     logs=(fresh, flush), two staged bools: the deferred weight-gradient rows
     are kept over calls, dropped first when `fresh`, added when `flush`
     (passes/defer_outer.py)."""
     b = current()
     if b.rev is not None or b.jvp_levels:
         raise staging_error("value_and_grad_into: only outside other grad / jvp scopes")
-    buffers = [as_rep(x) for x in buffers]
+    buffers = [None if x is None else as_rep(x) for x in buffers]
     if len(buffers) != len(params):
         raise staging_error(f"value_and_grad_into: {len(buffers)} buffers for {len(params)} parameters")
+    seen = {}
     for k, (p, g) in enumerate(zip(params, buffers)):
+        if g is None:
+            continue
         if as_rep(p).type != g.type or g.var.storage != "buf":
             raise staging_error(f"value_and_grad_into: buffer {k} is {g.type}, its parameter {as_rep(p).type}")
+        if id(g.var) in seen:  # e.g. two lt.zeros of one shape: hash-consing makes them one buffer
+            raise staging_error(f"value_and_grad_into: buffers {seen[id(g.var)]} and {k} are the same buffer "
+                                f"({g.var.name}); each parameter needs a buffer of its own")
+        seen[id(g.var)] = k
     res = _stage_value_and_grad(b, f, (0,), has_aux, [list(params)], (), into=[buffers], logs=logs)
+    fresh = [g if buf is None else None for g, buf in zip(res.grads[0][1], buffers)]
     if has_aux:
-        return res.value, tree_unflatten(res.aux_tree, res.aux)
-    return res.value
+        return (res.value, tree_unflatten(res.aux_tree, res.aux)), fresh
+    return res.value, fresh
 
 
 def grad(f, argnums=0, has_aux=False):
@@ -150,7 +160,7 @@ def _stage_value_and_grad(b, f, nums, has_aux, args, extra, into=None, logs=None
         tracked, accs = [], []
         for k, leaf in enumerate(leaves):
             rep = _differentiable(leaf, n)
-            if into is None:
+            if into is None or into[i][k] is None:
                 acc = b.new_acc(rep.type, level, "d_" + rep.var.name)
             else:  # not known to be zero: what is in it stays and is added to
                 acc = Acc(into[i][k].var, level)

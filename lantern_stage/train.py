@@ -140,7 +140,7 @@ class TrainStep(CompiledFunction):
             # calls may span several).  Measured in benchmarks/NOTES.md,
             # "Minibatched TreeLSTM".
             logs = (count < 1.5, last) if self.is_fixed else None
-            value = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux, logs=logs)
+            value, _ = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux, logs=logs)
         else:
             value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
             em = Emitter(current(), "gradients into the flat buffer")
