@@ -43,8 +43,11 @@ def cpu() -> dict:
 
 
 def _openblas_lib():
-    import scipy_openblas32 as ob
-    return ob, ctypes.CDLL(os.path.join(ob.get_lib_dir(), f"lib{ob.get_library()}.so"))
+    from lantern_stage.runtime import openblas_loading
+
+    with openblas_loading():   # the kernels lantern_stage's modules load it with
+        import scipy_openblas32 as ob
+        return ob, ctypes.CDLL(os.path.join(ob.get_lib_dir(), f"lib{ob.get_library()}.so"))
 
 
 def openblas() -> dict:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from . import __version__
 from .paths import RUNTIME_DIR
+from .runtime import openblas_loading
 
 LOCK_NOTICE_SECONDS = 3.0  # how long a wait for another compile goes unannounced
 LOCK_POLL_SECONDS = 0.05
@@ -43,7 +44,8 @@ def cache_dir() -> Path:
 
 
 def openblas():
-    import scipy_openblas32 as ob
+    with openblas_loading():  # importing scipy_openblas32 loads the library
+        import scipy_openblas32 as ob
 
     return ob.get_include_dir(), ob.get_lib_dir(), ob.get_library()
 

@@ -11,10 +11,66 @@ without the rest of lantern_stage.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 from dataclasses import dataclass
 
 import numpy as np
+
+# OpenBLAS (a DYNAMIC_ARCH build) picks its kernels once, when the library is
+# loaded: from OPENBLAS_CORETYPE when that is set, else from the CPU.  Machines
+# of one kind may set OPENBLAS_CORETYPE for everything they run (the AMD EPYC
+# Zen 5 machines here set Haswell: AVX2 kernels on a CPU with full AVX-512,
+# sgemm at ~2/3 of the speed of the SkylakeX kernels; benchmarks/NOTES.md,
+# "Session 4").  Compiled modules link their own OpenBLAS (scipy-openblas32,
+# not numpy's), so lantern_stage chooses its kernels from the CPU itself:
+# SkylakeX where the CPU has the AVX-512 subsets those kernels use, else
+# OpenBLAS's own choice; LANTERN_OPENBLAS_CORETYPE overrides that.  The
+# inherited OPENBLAS_CORETYPE is set back once the library is loaded, so
+# nothing else sees the change.
+SKYLAKEX_FLAGS = ("avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl")
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "flags":
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def openblas_kernels(environ=os.environ, cpuinfo: str = "/proc/cpuinfo"):
+    """The OpenBLAS kernel set (an OPENBLAS_CORETYPE name) lantern_stage's
+    OpenBLAS loads with, or None for OpenBLAS's own choice from the CPU."""
+    if environ.get("LANTERN_OPENBLAS_CORETYPE"):
+        return environ["LANTERN_OPENBLAS_CORETYPE"]
+    if all(f in cpu_flags(cpuinfo) for f in SKYLAKEX_FLAGS):
+        return "SkylakeX"
+    return None
+
+
+@contextlib.contextmanager
+def openblas_loading(environ=os.environ):
+    """Around the first load of a library linking scipy-openblas32: its
+    OPENBLAS_CORETYPE is `openblas_kernels()`; the inherited value after."""
+    kernels, before = openblas_kernels(environ), environ.get("OPENBLAS_CORETYPE")
+    if kernels is None:
+        environ.pop("OPENBLAS_CORETYPE", None)
+    else:
+        environ["OPENBLAS_CORETYPE"] = kernels
+    try:
+        yield kernels
+    finally:
+        if before is None:
+            environ.pop("OPENBLAS_CORETYPE", None)
+        else:
+            environ["OPENBLAS_CORETYPE"] = before
 
 STATUS_CDEF = """
 typedef struct { int64_t peak_bytes; int32_t kind; char message[512]; } lt_status;
@@ -68,7 +124,8 @@ class Library:
         self.ffi = cffi.FFI()
         self.ffi.cdef(STATUS_CDEF + "".join(ENTRY_CDEF.format(symbol=s) for s in symbols))
         try:
-            self.lib = self.ffi.dlopen(str(path))
+            with openblas_loading():
+                self.lib = self.ffi.dlopen(str(path))
         except OSError as e:
             raise ImportError(
                 f"cannot load compiled module {path}: {e}. Delete it (or the cache folder "
