@@ -1,43 +1,253 @@
 """The TreeLSTM trained as Tai et al. train it: one update per minibatch of 25 trees.
 
-The model is `benchmarks.models.treelstm`'s, unchanged (batch-1 CPS recursion,
-one tree per call); the step is `lt.train_step(..., accumulate=25)`: every call
-adds one tree's gradient into the step's flat gradient buffer and returns that
-tree's loss, and every 25th call applies one Adagrad update with the mean of
-the 25 gradients (Tai et al. divide the minibatch's gradient by its size; the
-peers of this row do the same). A harness step is one minibatch, i.e. 25 calls;
-its loss is the mean of the 25 trees' losses, the minibatch objective.
+Same model, sizes and weights as `benchmarks.models.treelstm`; the 25 trees of
+a minibatch are trained as one forest, level by level, with the recursion of
+the CPS backpropagation running over the levels instead of over the nodes.
 
-What accumulating costs per call: nothing beyond the tree itself. The backward
-code adds into the step's flat accumulator directly (no zeroed gradient buffers,
-no pass adding them in), and the deferred weight-gradient rows of the 25 calls
-are added by the 25th, as one gemm over all their rows (`lt.train_step`).
+Level batching.  Nodes of equal height (0 for leaves, 1 + the larger child's
+otherwise) of all 25 trees do not depend on each other, so one level is one
+matrix product over its rows instead of one matrix-vector product per node
+(what DyNet's autobatching finds at run time, and what the TF and JAX twins
+are written as: `benchmarks/frameworks/tree_schedule.py`).  The schedule
+renumbers the forest's nodes (leaves first, then by height) so that a level's
+nodes are consecutive rows of four captured state arrays (h, c and their
+gradients, [capacity, hidden]); each level is cut into chunks whose sizes are
+in `CHUNK_SIZES` (greedily, largest first: no padding), and the staged step
+compiles the cell once per chunk size.
 
-What this does not do (issue 14, item 3): batch the recursion across the trees
-of a minibatch. Each call still runs one tree's matrix-vector products, which
-read the whole 750 x 300 (or 450 x 300) matrix per node and are ~2/3 of the
-time. The design that would (benchmarks/NOTES.md, "Minibatched TreeLSTM"): a
-transformation of `@lt.recursive` functions whose recursion is structural over
-an IntArray tree, splitting the staged body at the recursive calls into a
-per-node "after the children" block; the K calls of an accumulating step become
-one call over a forest of K trees; a runtime level schedule (node ids by
-height, as `benchmarks/frameworks/tree_schedule.py` computes for TF and JAX)
-runs the block once per level over gathered rows (one gemm, the gates as one
-fused loop over [n, H], a scatter), and the backward runs the levels in reverse
-with the gathers transposed into scatter-adds.
+Backpropagation with callbacks over chunks.  The step is a staged recursive
+function `run(k)` over the chunk list: chunk k's forward gathers its
+children's rows from the h and c arrays, computes its nodes' h, c and loss and
+writes their rows; then it calls `run(k + 1)`, the rest of the forest; when
+that returns, every parent of chunk k has run its backward and added into the
+gradient rows of chunk k's nodes, so chunk k reads them, runs its own backward
+(`lt.value_and_grad_into` of the chunk's pairing with those cotangents, the
+weight gradients added straight into the accumulators) and adds its children's
+gradient rows in turn.  The C++ call stack holds every chunk's activations
+until its backward: the paper's `fwd; k(y); bwd`, with a chunk of rows where
+the batch-1 model has a node.  The forward inside the pairing is the chunk's
+forward again, which hash-consing merges with the one already computed.
+
+Compared with the batch-1 recursion under `lt.train_step(..., accumulate=25)`
+(`build_accumulating`, kept for the A/B and the tests): the same gradient up
+to float32 summation order (tests/test_treelstm_levels.py), with level-sized
+products instead of ~37 matrix-vector products per tree, each reading the
+whole 750 x 300 (or 450 x 300) matrix.  What this does not do: find the
+batching itself from the batch-1 `@lt.recursive` model (a compile-time
+autobatching of structural recursion: the design is in benchmarks/NOTES.md,
+"Minibatched TreeLSTM"); the cell is written over rows here, as for TF and JAX.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Sequence
 
 import numpy as np
 
-from benchmarks.models.treelstm import tree_step
+import lantern_stage as lt
+from lantern_stage.autodiff import value_and_grad_into
+from lantern_stage.ops.registry import as_rep
+
+from benchmarks.frameworks.tree_schedule import level_schedule
+from benchmarks.models.treelstm import TreeLSTM, tree_step
+
+# Chunk sizes a level is cut into; the cell is compiled once per size.  With
+# 1 among them every level is covered exactly; powers of 4 keep the number of
+# chunks per level small (at most 3 per size) and the compiled variants few.
+CHUNK_SIZES = (64, 16, 4, 1)
+LEAF, INNER = 0, 1
+
+
+def chunk_sizes(n: int, sizes: Sequence[int] = CHUNK_SIZES) -> list:
+    """`n` rows as chunks of the given sizes, largest first."""
+    out = []
+    for s in sizes:
+        out += [s] * (n // s)
+        n %= s
+    if n:
+        raise ValueError(f"chunk sizes {tuple(sizes)} cannot cover {n} more rows (include 1)")
+    return out
+
+
+class Forest:
+    """A minibatch of trees as the level-batched step's arguments: per state
+    row (leaves first, then the inner nodes by height) its word, label and
+    children's rows; per chunk its kind (LEAF / INNER), first row and size."""
+
+    def __init__(self, trees, sizes: Sequence[int] = CHUNK_SIZES):
+        s = level_schedule(list(trees))
+        n_leaves, n = len(s.leaf_words), len(s.labels)
+        self.rows = n
+        self.words = np.zeros(n, np.int32)
+        self.words[:n_leaves] = s.leaf_words
+        self.left = np.zeros(n, np.int32)
+        self.right = np.zeros(n, np.int32)
+        self.left[n_leaves:], self.right[n_leaves:] = s.left, s.right
+        self.labels = s.labels.astype(np.int32)
+        kinds, starts, lengths = [], [], []
+        groups = [(LEAF, 0, n_leaves)] + [(INNER, n_leaves + int(a), int(b - a))
+                                          for a, b in zip(s.bounds[:-1], s.bounds[1:])]
+        for kind, start, count in groups:
+            for size in chunk_sizes(count, sizes):
+                kinds.append(kind)
+                starts.append(start)
+                lengths.append(size)
+                start += size
+        self.kinds = np.array(kinds, np.int32)
+        self.starts = np.array(starts, np.int32)
+        self.sizes = np.array(lengths, np.int32)
+        # The chunks of one (kind, size) share a compiled backward, whose
+        # weight-gradient rows are logged over its calls and added in one
+        # product (passes/defer_outer.py): its first backward (the last such
+        # chunk: backward runs from the root down) starts the log afresh, its
+        # last (the first such chunk) adds it into the gradient.
+        self.log_fresh = np.zeros(len(kinds), np.int32)
+        self.log_flush = np.zeros(len(kinds), np.int32)
+        for key in set(zip(kinds, lengths)):
+            mine = [k for k, c in enumerate(zip(kinds, lengths)) if c == key]
+            self.log_fresh[max(mine)] = self.log_flush[min(mine)] = 1
+
+    def arguments(self) -> tuple:
+        return (self.words, self.labels, self.left, self.right, self.kinds, self.starts, self.sizes,
+                self.log_fresh, self.log_flush)
+
+
+def leaf_rows(w, words, labels, hidden):
+    """h, c and the summed loss of B leaves (rows)."""
+    W_leaf, b_leaf, W_out, b_out = w
+    i, o, u = lt.split(lt.linear(words, W_leaf, b_leaf), hidden, axis=-1)
+    c = lt.sigmoid(i) * lt.tanh(u)
+    h = lt.sigmoid(o) * lt.tanh(c)
+    return h, c, lt.cross_entropy(lt.linear(h, W_out, b_out), labels, reduction="sum")
+
+
+def inner_rows(w, hl, cl, hr, cr, labels, hidden):
+    """h, c and the summed loss of B inner nodes from their children's rows."""
+    U, b_inner, W_out, b_out = w
+    z = lt.linear(lt.concat([hl, hr], axis=-1), U, b_inner)
+    i, fl, fr, o, u = lt.split(z, hidden, axis=-1)
+    c = lt.sigmoid(i) * lt.tanh(u) + lt.sigmoid(fl) * cl + lt.sigmoid(fr) * cr
+    h = lt.sigmoid(o) * lt.tanh(c)
+    return h, c, lt.cross_entropy(lt.linear(h, W_out, b_out), labels, reduction="sum")
+
+
+class LevelBatchedTrainer:
+    """The harness's trainer interface: a batch is a list of trees, one update
+    (Adagrad with the mean of the trees' gradients; the loss returned is the
+    mean of the trees' summed node losses, as `build_accumulating`'s)."""
+
+    def __init__(self, model: TreeLSTM, cfg, capacity: int = 4096, sizes: Sequence[int] = CHUNK_SIZES):
+        self.model, self.cfg, self.capacity, self.sizes = model, cfg, capacity, tuple(sizes)
+        H = model.hidden
+        self.h, self.c, self.dh, self.dc = (np.zeros((capacity, H), np.float32) for _ in range(4))
+        self.opt = lt.optim.Adagrad(model.parameters(), lr=cfg.lr, eps=cfg.eps)
+        self.opt.bind(model.named_parameters())
+        self.grads = [np.zeros(p.shape, np.float32) for p in self.opt.params]
+        self.per_update = cfg.batch
+        self.step_fn = lt.compile(self._staged, name="treelstm_levels_step")
+
+    def _staged(self, words: lt.IntArray, labels: lt.IntArray, left: lt.IntArray, right: lt.IntArray,
+                kinds: lt.IntArray, starts: lt.IntArray, sizes: lt.IntArray, log_fresh: lt.IntArray,
+                log_flush: lt.IntArray):
+        m, H = self.model, self.model.hidden
+        grads = {id(p): g for p, g in zip(self.opt.params, self.grads)}
+
+        def logs(k):
+            return log_fresh[k] != 0, log_flush[k] != 0
+
+        def leaf_chunk(k, start, B, w):
+            leaf_w = [w[0], w[1], w[4], w[5]]
+            rows = lt.arange(B) + start
+            emb = lt.embedding(m.embedding, words[rows])
+            y = labels[rows]
+            h, c, loss = leaf_rows(leaf_w, emb, y, H)
+            lt.assign(self.h, h, index=rows)
+            lt.assign(self.c, c, index=rows)
+            rest = run(k + 1, w)
+            dh, dc = lt.embedding(self.dh, rows), lt.embedding(self.dc, rows)
+
+            def pairing(lw):
+                h, c, loss = leaf_rows(lw, emb, y, H)
+                return lt.sum(h * dh) + lt.sum(c * dc) + loss
+
+            value_and_grad_into(pairing, leaf_w, [grads[id(p)] for p in (m.W_leaf, m.b_leaf, m.W_out, m.b_out)],
+                                logs=logs(k))
+            return rest + loss
+
+        def inner_chunk(k, start, B, w):
+            inner_w = [w[2], w[3], w[4], w[5]]
+            rows = lt.arange(B) + start
+            lrows, rrows = left[rows], right[rows]
+            kids = [lt.embedding(self.h, lrows), lt.embedding(self.c, lrows),
+                    lt.embedding(self.h, rrows), lt.embedding(self.c, rrows)]
+            y = labels[rows]
+            h, c, loss = inner_rows(inner_w, *kids, y, H)
+            lt.assign(self.h, h, index=rows)
+            lt.assign(self.c, c, index=rows)
+            rest = run(k + 1, w)
+            dh, dc = lt.embedding(self.dh, rows), lt.embedding(self.dc, rows)
+
+            def pairing(wk):
+                h, c, loss = inner_rows(wk[:4], *wk[4:], y, H)
+                return lt.sum(h * dh) + lt.sum(c * dc) + loss
+
+            _, fresh = value_and_grad_into(pairing, inner_w + kids, [grads[id(p)] for p in (m.U, m.b_inner, m.W_out, m.b_out)] + [None] * 4,
+                                           logs=logs(k))
+            for store, at, d in zip((self.dh, self.dc, self.dh, self.dc), (lrows, lrows, rrows, rrows), fresh[4:]):
+                lt.assign(store, d, index=at, add=True)
+            return rest + loss
+
+        def by_size(chunk, k, start, size, sizes, w):
+            B, rest = sizes[0], sizes[1:]
+            if not rest:
+                return chunk(k, start, B, w)
+            return lt.cond(size == B, lambda: chunk(k, start, B, w),
+                           lambda: by_size(chunk, k, start, size, rest, w))
+
+        # The weights travel as arguments, not as captured arrays: a call of a
+        # staged function counts as a write to every captured array (it may
+        # assign them), which would make each chunk's backward recompute the
+        # forward products instead of reusing them (hash-consing).  Nothing
+        # inside `run` assigns a weight; the update comes after it.
+        @lt.recursive
+        def run(k, w):
+            def one_chunk():
+                start, size = starts[k], sizes[k]
+                return lt.cond(kinds[k] == LEAF, lambda: by_size(leaf_chunk, k, start, size, self.sizes, w),
+                               lambda: by_size(inner_chunk, k, start, size, self.sizes, w))
+
+            return lt.cond(k < kinds.length, one_chunk, lambda: lt.zeros(()))
+
+        total = run(0, [m.W_leaf, m.b_leaf, m.U, m.b_inner, m.W_out, m.b_out])
+        scale = 1.0 / self.per_update
+        self.opt.update([as_rep(g) * scale for g in self.grads])
+        for a in self.grads + [self.dh, self.dc]:
+            lt.assign(a, 0.0)
+        return total * scale
+
+    def prepare(self, trees) -> Forest:
+        if len(trees) != self.per_update:
+            raise ValueError(f"a minibatch has {self.per_update} trees (one update), got {len(trees)}")
+        forest = Forest(trees, self.sizes)
+        if forest.rows > self.capacity:
+            raise ValueError(f"a minibatch of {forest.rows} nodes exceeds the state arrays' capacity "
+                             f"{self.capacity}; build the trainer with a larger capacity=")
+        return forest
+
+    def step(self, forest) -> float:
+        if not isinstance(forest, Forest):
+            forest = self.prepare(forest)
+        return float(self.step_fn(*forest.arguments()))
+
+    def precompile(self, batches=()) -> None:
+        self.step_fn.entry  # noqa: B018 - the property builds
+
+    def weights(self) -> Dict[str, np.ndarray]:
+        return {k: np.array(v) for k, v in self.model.state_dict().items()}
 
 
 class MinibatchTrainer:
-    """The harness's trainer interface over an accumulating `lt.train_step`:
-    a batch is a list of trees, one update."""
+    """The batch-1 recursive model under an accumulating `lt.train_step`:
+    every call adds one tree's gradient, every 25th applies the update."""
 
     def __init__(self, model, train_step):
         self.model = model
@@ -63,5 +273,11 @@ class MinibatchTrainer:
         return {k: np.array(v) for k, v in self.model.state_dict().items()}
 
 
-def build(weights, cfg) -> MinibatchTrainer:
+def build_accumulating(weights, cfg) -> MinibatchTrainer:
     return MinibatchTrainer(*tree_step(weights, cfg, accumulate=cfg.batch, name="treelstm_mb25_step"))
+
+
+def build(weights, cfg) -> LevelBatchedTrainer:
+    model = TreeLSTM(cfg.embedding, cfg.hidden, cfg.classes)
+    model.load_state_dict(weights)
+    return LevelBatchedTrainer(model, cfg)
