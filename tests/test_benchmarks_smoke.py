@@ -138,16 +138,29 @@ def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
 
 
 def test_lantern_minibatched_treelstm_agrees_with_pytorch():
-    """lantern_stage's `train_step(accumulate=25)`: one update per minibatch of 25
-    trees with their mean gradient, as PyTorch's one backward through the mean
-    loss: the same losses (the second after one update) and weights."""
+    """lantern_stage's two minibatched TreeLSTMs - the level-batched forest (the
+    harness's) and the batch-1 recursion under `train_step(accumulate=25)` - do
+    one update per minibatch of 25 trees with their mean gradient, as PyTorch's
+    one backward through the mean loss: the same losses (the second after one
+    update) and weights."""
+    from benchmarks.models import treelstm_mb25
     ref, ref_trainer = _losses("torch", "treelstm_mb25", 2)
     got, trainer = _losses("lantern", "treelstm_mb25", 2)
     np.testing.assert_allclose(got, ref, rtol=1e-4)
-    assert trainer.train_step.pending == 0
     assert_weights_agree_but_a_few(trainer.weights(), ref_trainer.weights())
+    # what the step accumulates in (weight gradients, state-gradient rows) is
+    # emptied by the update: the next minibatch starts from zero
+    assert not any(g.any() for g in trainer.grads + [trainer.dh, trainer.dc])
     with pytest.raises(ValueError, match="a minibatch has 25 trees"):
         trainer.step(data.load_trees()[:3])
+
+    cfg = spec.make_config("treelstm_mb25")
+    accumulating = treelstm_mb25.build_accumulating(weights.init_weights(cfg), cfg)
+    trees = data.load_trees()
+    acc = [accumulating.step(data.minibatch(trees, k, cfg.batch)) for k in range(2)]
+    np.testing.assert_allclose(acc, ref, rtol=1e-4)
+    assert accumulating.train_step.pending == 0
+    assert_weights_agree_but_a_few(accumulating.weights(), ref_trainer.weights())
 
 
 def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():
