@@ -102,17 +102,7 @@ def _losses(framework, model, n):
         pytest.skip(why)
     cfg = spec.make_config(model)
     trainer = fw.build(model, weights.init_weights(cfg), cfg)
-    if model in spec.TEXT_MODELS:
-        batches = data.load_text().batches(cfg.seq, cfg.batch)
-    elif model == "cnn":
-        batches = data.MnistLike().batches()
-    elif model == "pinn":
-        batches = (data.poisson_batch(k) for k in range(n))
-    elif model == "treelstm":
-        batches = iter(data.load_trees())
-    else:   # 25 trees per update
-        trees = data.load_trees()
-        batches = (data.minibatch(trees, k, cfg.batch) for k in range(n))
+    batches = data.model_data(cfg).batches()
     prep = getattr(trainer, "prepare", lambda b: b)
     out = [trainer.step(prep(next(batches))) for _ in range(n)]
     return np.array(out), trainer
