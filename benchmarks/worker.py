@@ -85,6 +85,29 @@ class Stream:
         return b
 
 
+def train_timed(trainer, stream, steps):
+    """`trainer.precompile` for the batches of the first `steps` keys of `stream`, then
+    those steps in order, each timed alone (the batch prepared before the clock starts):
+    (precompile seconds, seconds of each step, losses)."""
+    keys = stream.keys(steps)
+    precompile_s = 0.0
+    if hasattr(trainer, "precompile"):
+        distinct = list(dict.fromkeys(keys)) if stream.cache else keys[:1]
+        batches = [stream.get(k) for k in distinct]
+        t0 = time.perf_counter()
+        trainer.precompile(batches)
+        precompile_s = time.perf_counter() - t0
+        del batches
+    losses, times = [], []
+    for k in keys:
+        b = stream.get(k)
+        t0 = time.perf_counter()
+        loss = trainer.step(b)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    return precompile_s, times, losses
+
+
 def run_model(fw, model, spec, text_vocab, build=None):
     """Build (with `fw.build`, or a variant's `build`), warm up and time one model."""
     from benchmarks import spec as S
@@ -105,23 +128,7 @@ def run_model(fw, model, spec, text_vocab, build=None):
     out["build_s"] = time.perf_counter() - t0
     warm, iters = spec["warmup"], spec["iters"][model]
     stream = Stream(model_data(cfg), trainer)
-    keys = stream.keys(warm + iters)
-    if hasattr(trainer, "precompile"):
-        distinct = list(dict.fromkeys(keys)) if stream.cache else keys[:1]
-        batches = [stream.get(k) for k in distinct]
-        t0 = time.perf_counter()
-        trainer.precompile(batches)
-        out["precompile_s"] = time.perf_counter() - t0
-        del batches
-    else:
-        out["precompile_s"] = 0.0
-    losses, times = [], []
-    for k in keys:
-        b = stream.get(k)
-        t0 = time.perf_counter()
-        loss = trainer.step(b)
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+    out["precompile_s"], times, losses = train_timed(trainer, stream, warm + iters)
     timed = times[warm:]
     out.update(
         warmup_steps=warm, iters=iters, warmup_s=sum(times[:warm]),

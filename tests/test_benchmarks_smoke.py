@@ -179,6 +179,14 @@ def test_step_flops_follow_the_layer_shapes():
 
 # ----------------------------------------------------------------------------- harness smoke
 
+def test_ab_steps_worker_runs_the_harness_loop_of_its_tree():
+    """`benchmarks.ab_steps` trains in a subprocess with the tree's own
+    `benchmarks.worker.train_timed`: one time per timed step, warm-up left out."""
+    from benchmarks import ab_steps
+    times = ab_steps.run_worker(str(REPO), [("rnn", 3, 2)], None)
+    assert list(times) == ["rnn"] and len(times["rnn"]) == 3 and all(t > 0 for t in times["rnn"])
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_results(tmp_path):
     out = tmp_path / "results"
