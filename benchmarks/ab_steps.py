@@ -4,13 +4,15 @@
 
 Each round runs one worker process per tree, in turn (A B A B ...), pinned to
 one CPU with one BLAS/OpenMP thread; a worker imports lantern_stage and the
-benchmark models from its tree (PYTHONPATH), builds each model's step (or finds
-it in the compile cache), runs `--warmup` untimed steps and then times
-`--steps` steps one by one (a treelstm_mb25 step is one update over 25
-trees).  Printed per model and tree: the median over rounds
-of each round's median step and of its 10th percentile (on a shared machine the
-10th percentile is the steadier of the two), and B / A of both.  Alternating
-the trees within one session spreads slow phases of a loaded machine over both.
+benchmark harness from its tree (PYTHONPATH), builds each model's step (or finds
+it in the compile cache) and trains it with the harness's loop
+(`benchmarks.worker.train_timed`, so a tree must have it): the model's batches
+in the benchmark's order, `--warmup` untimed steps, then `STEPS` steps timed
+one by one (a treelstm_mb25 step is one update over 25 trees).  Printed per
+model and tree: the median over rounds of each round's median step and of its
+10th percentile (on a shared machine the 10th percentile is the steadier of the
+two), and B / A of both.  Alternating the trees within one session spreads slow
+phases of a loaded machine over both.
 """
 from __future__ import annotations
 
@@ -25,25 +27,19 @@ import numpy as np
 STEPS = {"rnn": 400, "lstm": 400, "cnn": 40, "treelstm": 300, "treelstm_mb25": 12}   # mb25: 12 updates of 25 trees
 
 WORKER = r"""
-import importlib, itertools, json, os, sys, time
-import numpy as np
+import importlib, json, os, sys
 import lantern_stage
 assert lantern_stage.__file__.startswith(os.getcwd()), f"lantern_stage from {lantern_stage.__file__}, not this tree"
+from benchmarks.data import model_data
 from benchmarks.models import config_and_data
 from benchmarks.weights import init_weights
+from benchmarks.worker import Stream, train_timed
 out = {}
 for model, steps, warmup in json.loads(sys.argv[1]):
-    cfg, batches, _ = config_and_data(model)
+    cfg, _, _ = config_and_data(model)
     trainer = importlib.import_module(f"benchmarks.models.{model}").build(init_weights(cfg), cfg)
-    prepared = [trainer.prepare(b) for b in itertools.islice(batches(), min(steps, 50))]
-    for k in range(warmup):
-        trainer.step(prepared[k % len(prepared)])
-    times = []
-    for k in range(steps):
-        t = time.perf_counter()
-        trainer.step(prepared[k % len(prepared)])
-        times.append(time.perf_counter() - t)
-    out[model] = times
+    _, times, _ = train_timed(trainer, Stream(model_data(cfg), trainer), warmup + steps)
+    out[model] = times[warmup:]
 print(json.dumps(out))
 """
 

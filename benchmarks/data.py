@@ -11,14 +11,18 @@ variable ``LANTERN_BENCH_DATA`` moves the default data directory.
 - `embedding_table`  the fixed [5267, 300] word-embedding table for the TreeLSTM
 - `poisson_batch`  collocation points of the PINN's 2-D Poisson problem (`PoissonBatch`),
                    `poisson_exact` its solution, `poisson_grid` the evaluation grid
+- `model_data`    which of these a benchmark model trains on, step by step (`ModelData`)
 """
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
-from typing import Iterator, List, NamedTuple, Optional, Union
+from typing import Any, Callable, Hashable, Iterator, List, NamedTuple, Optional, Union
 
 import numpy as np
+
+from benchmarks.spec import TEXT_MODELS, TREE_MODELS, TREES_PER_UPDATE, Config
 
 REPO = Path(__file__).resolve().parents[1]
 PathLike = Union[str, os.PathLike]
@@ -322,3 +326,42 @@ def relative_l2(u_pred: np.ndarray, x: np.ndarray) -> float:
     """||u_pred - u|| / ||u|| on points x against the exact solution."""
     u = poisson_exact(x)
     return float(np.linalg.norm(np.asarray(u_pred, np.float64).reshape(u.shape) - u) / np.linalg.norm(u))
+
+
+# ----------------------------------------------------------------------------- one model's data
+
+class ModelData(NamedTuple):
+    """The training data of one benchmark model: step k trains on batch_at(k-th key)."""
+    keys: Callable[[], Iterator[Hashable]]   # a fresh iterator over the steps' keys, in the benchmark's order
+    batch_at: Callable[[Hashable], Any]      # key -> its batch
+    cacheable: bool     # few distinct keys (text offsets, trees): their prepared batches are worth keeping
+    source: str
+
+    def batches(self) -> Iterator[Any]:
+        """The step batches in order (an endless iterator)."""
+        return (self.batch_at(k) for k in self.keys())
+
+
+def model_data(cfg: Config, path: Optional[PathLike] = None) -> ModelData:
+    """The data `cfg.model` trains on. `path` is its data file (the text of the text
+    models, the trees of the tree models; default under `data_dir`); the images and
+    the PINN's points are generated."""
+    if cfg.model in TEXT_MODELS:
+        text = load_text(path)
+        return ModelData(lambda: text.offsets(cfg.seq, cfg.batch), lambda p: text.batch_at(p, cfg.seq, cfg.batch),
+                         True, text.source)
+    if cfg.model == "cnn":
+        images = MnistLike(batch=cfg.batch)
+        return ModelData(itertools.count, images.batch_at, False, images.source)
+    if cfg.model == "pinn":
+        return ModelData(itertools.count, lambda k: poisson_batch(k, cfg.batch, cfg.boundary), False,
+                         "generated (uniform collocation points, seeded by the step)")
+    if cfg.model not in TREE_MODELS:
+        raise ValueError(f"no data for model {cfg.model!r}")
+    trees = load_trees(path)
+    per = TREES_PER_UPDATE.get(cfg.model)
+    # step k: tree k, or minibatch k (its first tree, per * k mod len(trees), makes it repeat
+    # after len(trees) steps as well)
+    return ModelData(lambda: (k % len(trees) for k in itertools.count()),
+                     (lambda k: trees[k]) if per is None else (lambda k: minibatch(trees, k, per)),
+                     True, trees.source)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import os
 import platform
@@ -125,17 +126,15 @@ def floors(models, iters, warmup, data_dir, peak_gflops) -> dict:
     vocab = len(data.load_text(Path(data_dir) / "text" / "graham.txt" if data_dir else None).vocab)
     out = {}
     for m in models:
-        batches = ()
-        if m in TREE_MODELS:   # the trees (minibatches) the run timed, in the worker's order
-            trees = data.load_trees(Path(data_dir) / "sst" / "array_tree.txt" if data_dir else None)
-            per = TREES_PER_UPDATE.get(m)
-            batches = [trees[k % len(trees)] if per is None else data.minibatch(trees, k, per)
-                       for k in range(warmup, warmup + iters[m])]
         try:
             cfg = make_config(m, vocab=vocab, embedding=data.embedding_table() if m in TREE_MODELS else None)
-            flops = step_flops(m, cfg, batches)
         except ValueError:    # a model make_config does not know yet
-            flops = None
+            continue
+        batches = ()
+        if m in TREE_MODELS:   # the trees (minibatches) the run timed, in the worker's order
+            trees = data.model_data(cfg, Path(data_dir) / "sst" / "array_tree.txt" if data_dir else None)
+            batches = [trees.batch_at(k) for k in itertools.islice(trees.keys(), warmup, warmup + iters[m])]
+        flops = step_flops(m, cfg, batches)
         if flops is None:
             continue
         out[m] = {"step_mflop": flops / 1e6,

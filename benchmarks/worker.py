@@ -13,6 +13,7 @@ training steps are timed one by one with perf_counter around `step()` alone.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import sys
@@ -60,61 +61,57 @@ def _os_threads() -> int:
 
 
 class Stream:
-    """The model's data in the paper's order; prepared batches of small data sets are cached."""
+    """A model's batches (`benchmarks.data.model_data`) prepared for its trainer, the
+    preparation summed in `prepare_s`; prepared batches of a cacheable stream are kept."""
 
-    def __init__(self, model, data_dir, trainer, cfg):
-        from benchmarks import data
-        from benchmarks.spec import TEXT_MODELS
-        self.model, self.trainer = model, trainer
-        prep = getattr(trainer, "prepare", None) or (lambda b: b)
+    def __init__(self, model_data, trainer):
+        self.data = model_data
+        self.cache = model_data.cacheable
+        self._prep = getattr(trainer, "prepare", None) or (lambda b: b)
         self.prepare_s = 0.0
-        if model in TEXT_MODELS:
-            text = data.load_text(os.path.join(data_dir, "text", "graham.txt") if data_dir else None)
-            offsets = text.offsets(cfg.seq, cfg.batch)
-            self._keys = lambda n: [next(offsets) for _ in range(n)]
-            self._raw = lambda p: text.batch_at(p, cfg.seq, cfg.batch)
-            self.cache = True
-        elif model == "cnn":
-            imgs = data.MnistLike()
-            self._keys = lambda n: list(range(n))
-            self._raw = imgs.batch_at
-            self.cache = False
-        elif model == "pinn":
-            from benchmarks.spec import make_config
-            cfg = make_config("pinn")
-            self._keys = lambda n: list(range(n))
-            self._raw = lambda k: data.poisson_batch(k, cfg.batch, cfg.boundary)
-            self.cache = False
-        else:
-            from benchmarks.spec import TREES_PER_UPDATE
-            trees = data.load_trees(os.path.join(data_dir, "sst", "array_tree.txt") if data_dir else None)
-            per = TREES_PER_UPDATE.get(model)
-            # step k: tree k, or minibatch k (its first tree, per * k mod len(trees), makes it
-            # repeat after len(trees) steps as well)
-            self._keys = lambda n: [k % len(trees) for k in range(n)]
-            self._raw = (lambda k: trees[k]) if per is None else (lambda k: data.minibatch(trees, k, per))
-            self.cache = True
-        self._prep = prep
         self._cached = {}
 
     def keys(self, n):
-        return self._keys(n)
+        return list(itertools.islice(self.data.keys(), n))
 
     def get(self, key):
         if key in self._cached:
             return self._cached[key]
         t0 = time.perf_counter()
-        b = self._prep(self._raw(key))
+        b = self._prep(self.data.batch_at(key))
         self.prepare_s += time.perf_counter() - t0
         if self.cache:
             self._cached[key] = b
         return b
 
 
+def train_timed(trainer, stream, steps):
+    """`trainer.precompile` for the batches of the first `steps` keys of `stream`, then
+    those steps in order, each timed alone (the batch prepared before the clock starts):
+    (precompile seconds, seconds of each step, losses)."""
+    keys = stream.keys(steps)
+    precompile_s = 0.0
+    if hasattr(trainer, "precompile"):
+        distinct = list(dict.fromkeys(keys)) if stream.cache else keys[:1]
+        batches = [stream.get(k) for k in distinct]
+        t0 = time.perf_counter()
+        trainer.precompile(batches)
+        precompile_s = time.perf_counter() - t0
+        del batches
+    losses, times = [], []
+    for k in keys:
+        b = stream.get(k)
+        t0 = time.perf_counter()
+        loss = trainer.step(b)
+        times.append(time.perf_counter() - t0)
+        losses.append(float(loss))
+    return precompile_s, times, losses
+
+
 def run_model(fw, model, spec, text_vocab, build=None):
     """Build (with `fw.build`, or a variant's `build`), warm up and time one model."""
     from benchmarks import spec as S
-    from benchmarks.data import embedding_table
+    from benchmarks.data import embedding_table, model_data
     from benchmarks.frameworks import Unsupported
     from benchmarks.weights import init_weights
 
@@ -130,24 +127,8 @@ def run_model(fw, model, spec, text_vocab, build=None):
         return {**out, "status": "unsupported", "reason": str(e)}
     out["build_s"] = time.perf_counter() - t0
     warm, iters = spec["warmup"], spec["iters"][model]
-    stream = Stream(model, spec["data"], trainer, cfg)
-    keys = stream.keys(warm + iters)
-    if hasattr(trainer, "precompile"):
-        distinct = list(dict.fromkeys(keys)) if stream.cache else keys[:1]
-        batches = [stream.get(k) for k in distinct]
-        t0 = time.perf_counter()
-        trainer.precompile(batches)
-        out["precompile_s"] = time.perf_counter() - t0
-        del batches
-    else:
-        out["precompile_s"] = 0.0
-    losses, times = [], []
-    for k in keys:
-        b = stream.get(k)
-        t0 = time.perf_counter()
-        loss = trainer.step(b)
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss))
+    stream = Stream(model_data(cfg), trainer)
+    out["precompile_s"], times, losses = train_timed(trainer, stream, warm + iters)
     timed = times[warm:]
     out.update(
         warmup_steps=warm, iters=iters, warmup_s=sum(times[:warm]),
@@ -166,6 +147,8 @@ def run_model(fw, model, spec, text_vocab, build=None):
 def main(spec_path, out_path):
     with open(spec_path) as f:
         spec = json.load(f)
+    if spec["data"]:   # the run's data directory, where every `benchmarks.data` loader looks
+        os.environ["LANTERN_BENCH_DATA"] = spec["data"]
     affinity = _set_affinity(spec.get("cpu"))
     result = {"framework": spec["framework"], "round": spec["round"], "affinity": affinity,
               "env": {k: os.environ.get(k) for k in spec.get("thread_env", [])}, "models": {}}
@@ -191,7 +174,7 @@ def main(spec_path, out_path):
         print("@@ unavailable", flush=True)
         return 0
     from benchmarks.data import load_text
-    vocab = len(load_text(os.path.join(spec["data"], "text", "graham.txt") if spec["data"] else None).vocab)
+    vocab = len(load_text().vocab)
     for model in spec["models"]:
         variants = fw.variants(model)
         if variants:
@@ -202,7 +185,7 @@ def main(spec_path, out_path):
         save()
         print(f"@@ {model} {res['status']}", flush=True)
     for probe in spec.get("probes", []):
-        result.setdefault("probes", {})[probe] = _probe(probe, spec)
+        result.setdefault("probes", {})[probe] = _probe(probe)
         save()
     save()
     return 0
@@ -228,13 +211,12 @@ def _fastest_variant(fw, model, spec, vocab, variants):
     return {**runs[label], "formulation": label, "variants": summary}
 
 
-def _probe(name, spec):
+def _probe(name):
     """Recompile probes: compile time of whole-tree compilation per distinct tree."""
     from benchmarks import spec as S
     from benchmarks.data import load_trees
     from benchmarks.weights import init_weights
-    trees = load_trees(os.path.join(spec["data"], "sst", "array_tree.txt") if spec["data"] else None)
-    trees = sorted(trees[:50], key=lambda t: len(t.labels))[:10]   # small trees: a lower bound
+    trees = sorted(load_trees()[:50], key=lambda t: len(t.labels))[:10]   # small trees: a lower bound
     cfg = S.make_config("treelstm")
     try:
         if name == "torch_compile":

@@ -4,6 +4,7 @@ the results.json it writes. Frameworks that are not installed are skipped (the
 harness itself skips them and says so)."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -68,7 +69,7 @@ def test_weights_are_deterministic_and_pytorch_shaped():
 def test_minibatches_run_through_the_trees_in_order():
     trees = data.load_trees()
     first, last = data.minibatch(trees, 0, 25), data.minibatch(trees, len(trees) - 1, 25)
-    assert len(first) == 25 and first[3] is trees[3]
+    assert first[3] is trees[3]
     assert last[0] is trees[(25 * (len(trees) - 1)) % len(trees)] and last[-1] is trees[-1]
     assert all(a is b for a, b in zip(data.minibatch(trees, len(trees), 25), first))   # the keys' period
     from benchmarks.frameworks.tree_schedule import level_schedule
@@ -83,15 +84,51 @@ def test_minibatches_run_through_the_trees_in_order():
 STEPS = {"rnn": 3, "lstm": 3, "cnn": 3, "treelstm": 2, "treelstm_mb25": 1, "transformer": 3, "pinn": 3}
 
 
-def assert_weights_agree_but_a_few(got, ref, fraction=1e-3):
-    """All but `fraction` of each tensor's elements within 1e-3 of its scale.
-    The minibatched TreeLSTM's gradient is a mean over 25 trees: where it
-    cancels to ~1e-11, Adagrad's first update lr * g / (|g| + 1e-10) follows
-    the round-off of the summation order (a level-batched product against
-    one product per node), and a few weights move by a visible part of lr."""
-    for k, r in ref.items():
-        off = np.abs(np.asarray(got[k]) - r) > 1e-3 * np.abs(r).max()
-        assert off.mean() <= fraction, (k, int(off.sum()), off.size)
+@functools.cache
+def _first_mb25_update():
+    """(exact, allowed) per weight tensor of the minibatched TreeLSTM: the weights
+    after its first update in float64, and how far a correct float32 implementation
+    may be from them.
+
+    That update is Adagrad's first, w - lr * g / (|g| + eps): +-lr wherever |g| is well
+    above eps, whatever g's size, and in float32 off by the rounding of lr, of the
+    update and of the new w (2 ulps of |w| + lr). g is the mean of 25 trees'
+    gradients, sums over the minibatch's n nodes, so a float32 g is off by at most
+    noise = n u sum_t |g_t| (u the float32 unit round-off: n u times the terms'
+    magnitudes bounds a float32 sum of n terms in any order; the trees' gradients
+    stand in for the nodes' terms, and float32 PyTorch is measured within
+    17 u sum_t |g_t|). The update's slope lr eps / (|g| + eps)^2, at its largest
+    within noise of g, turns that noise into `allowed`, at most 2 lr (a flipped
+    sign). For 0.15% of the weights that is more than lr / 1000; the others are
+    checked to about their rounding."""
+    from benchmarks.frameworks.torch_models import from_weights, prepare
+    cfg = spec.make_config("treelstm_mb25")
+    w0 = weights.init_weights(cfg)
+    trees = next(data.model_data(cfg).batches())
+    net = from_weights("treelstm_mb25", w0, cfg).double()
+    g = {k: np.zeros(w.shape) for k, w in w0.items()}
+    magnitude = {k: np.zeros(w.shape) for k, w in w0.items()}
+    for tree in prepare("treelstm_mb25", trees):
+        net.zero_grad()
+        (net(tree) / len(trees)).backward()
+        for k, p in net.named_parameters():
+            g[k] += p.grad.numpy()
+            magnitude[k] += np.abs(p.grad.numpy())
+    n, u, lr, eps = sum(len(t.labels) for t in trees), np.finfo(np.float32).eps / 2, cfg.lr, cfg.eps
+    exact, allowed = {}, {}
+    for k, w in w0.items():
+        noise = n * u * magnitude[k]
+        slope = lr * eps / (np.maximum(np.abs(g[k]) - noise, 0.0) + eps) ** 2
+        exact[k] = w - lr * g[k] / (np.abs(g[k]) + eps)
+        allowed[k] = np.minimum(2 * lr, slope * noise) + 4 * u * (np.abs(w) + lr)
+    return exact, allowed
+
+
+def assert_first_mb25_update_within_round_off(got):
+    exact, allowed = _first_mb25_update()
+    for k in exact:
+        err = np.abs(got[k] - exact[k])
+        assert (err <= allowed[k]).all(), (k, float((err / allowed[k]).max()))
 
 
 def _losses(framework, model, n):
@@ -102,17 +139,7 @@ def _losses(framework, model, n):
         pytest.skip(why)
     cfg = spec.make_config(model)
     trainer = fw.build(model, weights.init_weights(cfg), cfg)
-    if model in spec.TEXT_MODELS:
-        batches = data.load_text().batches(cfg.seq, cfg.batch)
-    elif model == "cnn":
-        batches = data.MnistLike().batches()
-    elif model == "pinn":
-        batches = (data.poisson_batch(k) for k in range(n))
-    elif model == "treelstm":
-        batches = iter(data.load_trees())
-    else:   # 25 trees per update
-        trees = data.load_trees()
-        batches = (data.minibatch(trees, k, cfg.batch) for k in range(n))
+    batches = data.model_data(cfg).batches()
     prep = getattr(trainer, "prepare", lambda b: b)
     out = [trainer.step(prep(next(batches))) for _ in range(n)]
     return np.array(out), trainer
@@ -126,12 +153,14 @@ def test_twins_agree_with_pytorch_on_the_first_losses(peer, model):
     models. (Adagrad's first update is lr * g / |g| per weight, which turns the
     round-off of near-zero gradients into visible weight differences, hence the
     looser weight tolerance; Adam's first updates are lr * g / (|g| + eps) as well,
-    and move every weight of the transformer by about lr: looser still.)"""
+    and move every weight of the transformer by about lr: looser still. The
+    minibatched TreeLSTM's one update is checked per weight against float64,
+    see `_first_mb25_update`.)"""
     ref, ref_trainer = _losses("torch", model, STEPS[model])
     got, trainer = _losses(peer, model, STEPS[model])
     np.testing.assert_allclose(got, ref, rtol=1e-4)
     if model == "treelstm_mb25":
-        assert_weights_agree_but_a_few(trainer.weights(), ref_trainer.weights())
+        assert_first_mb25_update_within_round_off(trainer.weights())
         return
     tol = 5e-2 if spec.make_config(model).optimizer == "adam" else 1e-2
     assert weights.max_rel_diff(trainer.weights(), ref_trainer.weights()) < tol
@@ -141,26 +170,27 @@ def test_lantern_minibatched_treelstm_agrees_with_pytorch():
     """lantern_stage's two minibatched TreeLSTMs - the level-batched forest (the
     harness's) and the batch-1 recursion under `train_step(accumulate=25)` - do
     one update per minibatch of 25 trees with their mean gradient, as PyTorch's
-    one backward through the mean loss: the same losses (the second after one
-    update) and weights."""
+    one backward through the mean loss: the first update as float64's up to
+    float32 round-off, and the losses of three minibatches as PyTorch's (the
+    third after the second update, whose Adagrad state starts from the first's:
+    PyTorch's started afresh moves that loss by 2e-3)."""
     from benchmarks.models import treelstm_mb25
-    ref, ref_trainer = _losses("torch", "treelstm_mb25", 2)
-    got, trainer = _losses("lantern", "treelstm_mb25", 2)
-    np.testing.assert_allclose(got, ref, rtol=1e-4)
-    assert_weights_agree_but_a_few(trainer.weights(), ref_trainer.weights())
-    # what the step accumulates in (weight gradients, state-gradient rows) is
-    # emptied by the update: the next minibatch starts from zero
-    assert not any(g.any() for g in trainer.grads + [trainer.dh, trainer.dc])
-    with pytest.raises(ValueError, match="a minibatch has 25 trees"):
-        trainer.step(data.load_trees()[:3])
-
+    ref, _ = _losses("torch", "treelstm_mb25", 3)
     cfg = spec.make_config("treelstm_mb25")
+    levels = treelstm_mb25.build(weights.init_weights(cfg), cfg)
     accumulating = treelstm_mb25.build_accumulating(weights.init_weights(cfg), cfg)
-    trees = data.load_trees()
-    acc = [accumulating.step(data.minibatch(trees, k, cfg.batch)) for k in range(2)]
-    np.testing.assert_allclose(acc, ref, rtol=1e-4)
+    for trainer in (levels, accumulating):
+        batches = data.model_data(cfg).batches()
+        got = [trainer.step(trainer.prepare(next(batches)))]
+        assert_first_mb25_update_within_round_off(trainer.weights())
+        got += [trainer.step(trainer.prepare(next(batches))) for _ in range(2)]
+        np.testing.assert_allclose(got, ref, rtol=1e-4)
+        with pytest.raises(ValueError, match="a minibatch has 25 trees"):
+            trainer.step(data.load_trees()[:3])
     assert accumulating.train_step.pending == 0
-    assert_weights_agree_but_a_few(accumulating.weights(), ref_trainer.weights())
+    # what the level-batched step accumulates in (weight gradients, state-gradient
+    # rows) is emptied by the update: the next minibatch starts from zero
+    assert not any(g.any() for g in levels.grads + [levels.dh, levels.dc])
 
 
 def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():
@@ -202,6 +232,14 @@ def test_step_flops_follow_the_layer_shapes():
 
 # ----------------------------------------------------------------------------- harness smoke
 
+def test_ab_steps_worker_runs_the_harness_loop_of_its_tree():
+    """`benchmarks.ab_steps` trains in a subprocess with the tree's own
+    `benchmarks.worker.train_timed`: one time per timed step, warm-up left out."""
+    from benchmarks import ab_steps
+    times = ab_steps.run_worker(str(REPO), [("rnn", 3, 2)], None)
+    assert list(times) == ["rnn"] and len(times["rnn"]) == 3 and all(t > 0 for t in times["rnn"])
+
+
 @pytest.mark.slow
 def test_smoke_run_writes_results(tmp_path):
     out = tmp_path / "results"
@@ -237,6 +275,4 @@ def test_smoke_run_writes_results(tmp_path):
     for model, s in res["summary"].items():
         assert s["step_mflop"] > 0 and s["floor_ms"] > 0, model
     assert set(res["summary"]["lstm"]["frameworks"]["torch"]["variants"]) == {"LSTMCell loop", "nn.LSTM"}
-    mb25 = res["summary"]["treelstm_mb25"]["frameworks"]["torch"]   # one step = one update over 25 trees
-    assert mb25["ms_per_tree"] == pytest.approx(mb25["ms_per_step"] / 25, rel=1e-4)
     assert "## treelstm_mb25" in md

@@ -39,6 +39,7 @@ import numpy as np
 
 from benchmarks.frameworks import Unsupported
 from benchmarks.frameworks._common import dist_version, missing
+from benchmarks.spec import TREE_MODELS
 
 _CONFIGURED = {"autobatch": None}
 # Initial size of DyNet's memory pools (forward, backward, parameters, scratch); they grow
@@ -94,7 +95,7 @@ class DyNetTrainer:
             self.trainer = dy.SimpleSGDTrainer(self.pc, learning_rate=cfg.lr)
         # DyNet clips at 5 by default; <= 0 switches clipping off
         self.trainer.set_clip_threshold(cfg.clip if cfg.clip is not None else -1)
-        if model in ("treelstm", "treelstm_mb25"):   # the fixed embedding table, looked up without gradient
+        if model in TREE_MODELS:   # the fixed embedding table, looked up without gradient
             self.emb = self.pc.lookup_parameters_from_numpy(np.asarray(cfg.embedding, np.float32))
             self.emb.set_updated(False)
 

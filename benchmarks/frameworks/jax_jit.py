@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks.frameworks._common import missing
 from benchmarks.frameworks.tree_schedule import padded_key, padded_schedule
+from benchmarks.spec import TREE_MODELS
 
 
 def available():
@@ -206,7 +207,7 @@ class JaxTrainer:
             loss = partial(loss, boundary_weight=cfg.boundary_weight)
         if model == "treelstm_mb25":
             loss = partial(loss, trees=cfg.batch)
-        if model in ("treelstm", "treelstm_mb25"):
+        if model in TREE_MODELS:
             emb = jnp.asarray(cfg.embedding)
             loss = (lambda p, *b, _l=loss: _l(p, emb, *b))
         self.loss_fn = loss

@@ -43,6 +43,7 @@ import numpy as np
 from benchmarks.frameworks import Unsupported
 from benchmarks.frameworks._common import missing
 from benchmarks.frameworks.tree_schedule import level_schedule, padded_key, padded_schedule
+from benchmarks.spec import TREE_MODELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -112,7 +113,7 @@ class TFTrainer:
             self.adam_m = [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
             self.adam_v = [tf.Variable(tf.zeros_like(v)) for v in self.var_list]
             self.acc = [self.adam_t] + self.adam_m + self.adam_v   # saved and restored by precompile
-        if model in ("treelstm", "treelstm_mb25"):
+        if model in TREE_MODELS:
             self.emb = tf.constant(cfg.embedding)
         self.loss_fn = getattr(self, f"_loss_{model}")
         sig = self._signature()
@@ -132,7 +133,7 @@ class TFTrainer:
             n, m = cfg.batch, cfg.boundary
             return [tf.TensorSpec([n, 2], tf.float32), tf.TensorSpec([n, 1], tf.float32),
                     tf.TensorSpec([m, 2], tf.float32), tf.TensorSpec([m, 1], tf.float32)]
-        if self.model in ("treelstm", "treelstm_mb25") and not self.jit:
+        if self.model in TREE_MODELS and not self.jit:
             i = tf.int32
             return [tf.TensorSpec([None], i), tf.TensorSpec([None], i), tf.TensorSpec([None], i),
                     tf.TensorSpec([None], i), tf.TensorSpec([None], i)]

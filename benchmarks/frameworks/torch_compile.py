@@ -20,6 +20,7 @@ import time
 
 from benchmarks.frameworks import torch_eager
 from benchmarks.frameworks._common import missing
+from benchmarks.spec import TREE_MODELS
 
 
 def available():
@@ -63,7 +64,7 @@ def build(model, weights, cfg):
         raise Unsupported("torch.compile with aot_autograd does not support double backward, "
                           "which the PINN's loss.backward() through autograd.grad(create_graph=True) needs")
     net = from_weights(model, weights, cfg)
-    if model in ("treelstm", "treelstm_mb25"):
+    if model in TREE_MODELS:
         leaf, inner = torch.compile(net.leaf, backend=backend()), torch.compile(net.inner, backend=backend())
         return TorchTrainer(model, net, cfg, forward=lambda *trees: net(*trees, leaf=leaf, inner=inner))
     return TorchTrainer(model, net, cfg, forward=torch.compile(net, backend=backend()))

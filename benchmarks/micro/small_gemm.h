@@ -1,11 +1,17 @@
-// A register-blocked gemm for the small matrices of a batched product
-// (attention's per-head products: 32x32x16 and the like, 64 of them per
-// product).  For matrices this small OpenBLAS's per-call cost - argument
-// checks, buffer set-up, packing A and B into its panel layout - exceeds the
-// multiply-adds themselves; here op(B) is packed (only when transposed or
-// ragged) into a K x roundW(N) panel on the stack, and a 4-row x 2W-column
-// block of C (or 8 x W) is kept in eight W-wide registers across the K loop (W = 16
-// floats with AVX-512, else 8).
+// A register-blocked gemm for small packed matrices, written to be measured
+// against OpenBLAS on the char transformer's per-head products (32x32x16 and the
+// like, 64 per batched product) by batched_gemm_bench.cpp.  lantern_stage does
+// not use it: the generated code calls lt::batched_gemm (cpp_runtime/blas.h),
+// one OpenBLAS call per matrix; benchmarks/NOTES.md has the measurements and why
+// it was not adopted.
+// For matrices this small OpenBLAS's per-call cost - argument checks, buffer
+// set-up, packing A and B into its panel layout - can exceed the multiply-adds
+// themselves.  Here op(B) is copied (only when transposed, or when N is not a
+// multiple of W) into a zero-padded K x roundW(N) panel on the stack, and C is
+// computed in blocks held in registers across the whole K loop: rows in groups
+// of 8, as 4 x 2W blocks and an 8 x W block for the last W columns or fewer
+// (eight W-wide accumulators each), then the last M mod 8 rows one at a time
+// (W = 16 floats with AVX-512, else 8).
 #pragma once
 #if defined(__FMA__) || defined(__AVX512F__)
 #include <immintrin.h>
@@ -72,9 +78,9 @@ inline void block(int N, int K, const float* A, long as_i, long as_k, const floa
   }
 }
 
-// Rows i0.. of C, MR at a time: 2W-column blocks (MR x 2 registers), then a
-// W-column one.  Eight accumulators either way, enough independent FMA
-// chains to cover the FMA latency.
+// Rows i0..i0+MR of C: (MR/2) x 2W blocks (one 1 x 2W block when MR = 1), then
+// an MR x W block for the last W columns or fewer.  With MR = 8 each block has
+// eight accumulators, enough independent FMA chains to cover the FMA latency.
 template <int MR>
 inline void row_block(int N, int K, const float* A, long as_i, long as_k, const float* P, int ldp, float* C,
                       int i0, bool accumulate) {

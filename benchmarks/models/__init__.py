@@ -14,7 +14,6 @@ its own: ``python -m benchmarks.models.rnn --steps 500 --data PATH``.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 from typing import Callable, Dict
 
@@ -50,28 +49,17 @@ class LanternTrainer:
 def config_and_data(model: str, data=None, **overrides):
     """(cfg, batches, source): the paper's configuration of `model` (with
     `overrides`), a function returning a fresh iterator over its training
-    batches in the benchmark's order, and where the data came from."""
+    batches in the benchmark's order (`benchmarks.data.model_data`), and where
+    the data came from."""
     from benchmarks import data as bdata
-    from benchmarks.spec import make_config
-
-    from benchmarks.spec import TEXT_MODELS, TREES_PER_UPDATE
+    from benchmarks.spec import TEXT_MODELS, make_config
 
     if model in TEXT_MODELS:
-        text = bdata.load_text(data)
-        cfg = make_config(model, vocab=len(text.vocab), **overrides)
-        return cfg, lambda: text.batches(cfg.seq, cfg.batch), text.source
-    cfg = make_config(model, **overrides)
-    if model == "pinn":
-        return (cfg, lambda: (bdata.poisson_batch(k, cfg.batch, cfg.boundary) for k in itertools.count()),
-                "generated (uniform collocation points, seeded by the step)")
-    if model == "cnn":
-        images = bdata.MnistLike(batch=cfg.batch)
-        return cfg, images.batches, images.source
-    trees = bdata.load_trees(data)
-    if cfg.model in TREES_PER_UPDATE:   # minibatches of trees, one update each
-        per = TREES_PER_UPDATE[cfg.model]
-        return cfg, lambda: (bdata.minibatch(trees, i, per) for i in itertools.count()), trees.source
-    return cfg, lambda: (trees[i % len(trees)] for i in itertools.count()), trees.source
+        cfg = make_config(model, vocab=len(bdata.load_text(data).vocab), **overrides)
+    else:
+        cfg = make_config(model, **overrides)
+    train_data = bdata.model_data(cfg, data)
+    return cfg, train_data.batches, train_data.source
 
 
 def main(model: str, build: Callable, argv=None) -> list:

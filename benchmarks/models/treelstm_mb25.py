@@ -30,7 +30,7 @@ forward again, which hash-consing merges with the one already computed.
 
 Compared with the batch-1 recursion under `lt.train_step(..., accumulate=25)`
 (`build_accumulating`, kept for the A/B and the tests): the same gradient up
-to float32 summation order (tests/test_treelstm_levels.py), with level-sized
+to float32 summation order (tests/test_benchmarks_smoke.py checks both against float64), with level-sized
 products instead of ~37 matrix-vector products per tree, each reading the
 whole 750 x 300 (or 450 x 300) matrix.  What this does not do: find the
 batching itself from the batch-1 `@lt.recursive` model (a compile-time
