@@ -394,9 +394,11 @@ def _jacobian_args(fn_name, argnums, args) -> list[int]:
     return out
 
 
-def _with(args, n, v):
+def _with(args, nums, values):
+    """args with args[n] replaced by its value, for each n of nums."""
     a = list(args)
-    a[n] = v
+    for n, v in zip(nums, values):
+        a[n] = v
     return a
 
 
@@ -428,7 +430,7 @@ def jacfwd(f, argnums=0):
         per_arg, trees = [], []  # per argument: one Jacobian per output leaf
 
         def leaves_of(n, v):
-            leaves, tree = flat_outputs(f(*_with(args, n, v)))
+            leaves, tree = flat_outputs(f(*_with(args, (n,), (v,))))
             trees.append(tree)
             return tuple(leaves)
 
@@ -465,10 +467,7 @@ def jacrev(f, argnums=0):
         xs = [as_rep(args[n]) for n in nums]
 
         def at(vs):
-            a = list(args)
-            for n, v in zip(nums, vs):
-                a[n] = v
-            return _single_output("jacrev", f(*a))
+            return _single_output("jacrev", f(*_with(args, nums, vs)))
 
         def row(i):
             def pick(*vs):
