@@ -195,7 +195,7 @@ def apply(op: Op, inputs, attrs) -> Rep:
         zero = op.zeroed_output(attrs) if callable(op.zeroed_output) else op.zeroed_output
         start = len(b.block.stmts)
         out = b.alloc(out_type, op.name, zero=zero)
-        em = Emitter(b, f"{op.name} {loc}")
+        em = Emitter(b, f"{op.name} {loc}", zero)
         op.forward(em, out, *[r.var for r in reps], **attrs)
         rep = Rep(out, b.block)
         if needs_grad:
@@ -400,9 +400,11 @@ BY_VALUE_OPERANDS = {"take_row": (1,), "take_row_backward": (1,), "store_output"
 class Emitter:
     """What forward and backward rules use to emit primitive statements."""
 
-    def __init__(self, builder, note: str = ""):
+    def __init__(self, builder, note: str = "", zeroed_output: bool = False):
         self.b = builder
         self.note = note
+        # The op's output was allocated zeroed (Op.zeroed_output): its forward adds into it.
+        self.zeroed_output = zeroed_output
 
     def _emit(self, stmt):
         stmt.loc = self.note
