@@ -102,8 +102,14 @@ def value_and_grad_into(f, params, buffers, has_aux=False, logs=None):
     if len(buffers) != len(params):
         raise staging_error(f"value_and_grad_into: {len(buffers)} buffers for {len(params)} parameters")
     for k, (p, g) in enumerate(zip(params, buffers)):
-        if as_rep(p).type != g.type or g.var.storage != "buf":
-            raise staging_error(f"value_and_grad_into: buffer {k} is {g.type}, its parameter {as_rep(p).type}")
+        want = as_rep(p).type
+        if g.var.storage != "buf":
+            held = {"const": f"the literal {g.var.value!r}", "scalar": f"a staged {g.type} held by value",
+                    "array": "an IntArray"}[g.var.storage]
+            raise staging_error(f"value_and_grad_into: buffer {k} is {held}, not a tensor in memory to add its "
+                                f"gradient into; expected a staged {want} (its parameter's type)")
+        if g.type != want:
+            raise staging_error(f"value_and_grad_into: buffer {k} is {g.type}; expected {want}, its parameter's type")
     res = _stage_value_and_grad(b, f, (0,), has_aux, [list(params)], (), into=[buffers], logs=logs)
     if has_aux:
         return res.value, tree_unflatten(res.aux_tree, res.aux)
