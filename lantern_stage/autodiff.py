@@ -107,8 +107,14 @@ def value_and_grad_into(f, params, buffers, has_aux=False, logs=None):
     for k, (p, g) in enumerate(zip(params, buffers)):
         if g is None:
             continue
-        if as_rep(p).type != g.type or g.var.storage != "buf":
-            raise staging_error(f"value_and_grad_into: buffer {k} is {g.type}, its parameter {as_rep(p).type}")
+        want = as_rep(p).type
+        if g.var.storage != "buf":
+            held = {"const": f"the literal {g.var.value!r}", "scalar": f"a staged {g.type} held by value",
+                    "array": "an IntArray"}[g.var.storage]
+            raise staging_error(f"value_and_grad_into: buffer {k} is {held}, not a tensor in memory to add its "
+                                f"gradient into; expected a staged {want} (its parameter's type)")
+        if g.type != want:
+            raise staging_error(f"value_and_grad_into: buffer {k} is {g.type}; expected {want}, its parameter's type")
         if id(g.var) in seen:  # e.g. two lt.zeros of one shape: hash-consing makes them one buffer
             raise staging_error(f"value_and_grad_into: buffers {seen[id(g.var)]} and {k} are the same buffer "
                                 f"({g.var.name}); each parameter needs a buffer of its own")
@@ -404,9 +410,11 @@ def _jacobian_args(fn_name, argnums, args) -> list[int]:
     return out
 
 
-def _with(args, n, v):
+def _with(args, nums, values):
+    """args with args[n] replaced by its value, for each n of nums."""
     a = list(args)
-    a[n] = v
+    for n, v in zip(nums, values):
+        a[n] = v
     return a
 
 
@@ -438,7 +446,7 @@ def jacfwd(f, argnums=0):
         per_arg, trees = [], []  # per argument: one Jacobian per output leaf
 
         def leaves_of(n, v):
-            leaves, tree = flat_outputs(f(*_with(args, n, v)))
+            leaves, tree = flat_outputs(f(*_with(args, (n,), (v,))))
             trees.append(tree)
             return tuple(leaves)
 
@@ -475,10 +483,7 @@ def jacrev(f, argnums=0):
         xs = [as_rep(args[n]) for n in nums]
 
         def at(vs):
-            a = list(args)
-            for n, v in zip(nums, vs):
-                a[n] = v
-            return _single_output("jacrev", f(*a))
+            return _single_output("jacrev", f(*_with(args, nums, vs)))
 
         def row(i):
             def pick(*vs):

@@ -109,12 +109,10 @@ def _sizes(inputs, reps, subscripts) -> dict[str, int]:
 
 
 def _permute(x, labels: list[str], order: list[str]):
-    """x (dimensions `labels`) with its dimensions in `order` (a view when already so)."""
-    if labels == order:
-        return x
-    axes = [labels.index(label) for label in order]
-    out_shape, strides = shape.transpose_layout(x.shape, axes)
-    return shape.strided(x, shape=out_shape, offset=0, strides=strides)
+    """x (dimensions `labels`) with its dimensions in `order` (x itself when already so)."""
+    from .api import transpose  # api imports this module
+
+    return transpose(x, [labels.index(label) for label in order])
 
 
 def _reshape(x, dims):

@@ -119,16 +119,13 @@ class TrainStep(CompiledFunction):
         def objective(values):
             return self.loss_fn(bind(self.model, {id(p): v for p, v in zip(params, values)}), *inputs)
 
-        if self._grads is None:
-            value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
-            self._update(grads)
-            return value
-        flat = as_rep(self._grads)
-        views, offset = [], 0
-        for p in params:  # zero-copy views of the flat buffer, one per parameter
-            n = int(np.prod(p.shape))
-            views.append(flat[offset:offset + n].reshape(tuple(p.shape)))
-            offset += n
+        flat, views = None, []
+        if self._grads is not None:
+            flat, offset = as_rep(self._grads), 0
+            for p in params:  # zero-copy views of the flat buffer, one per parameter
+                n = int(np.prod(p.shape))
+                views.append(flat[offset:offset + n].reshape(tuple(p.shape)))
+                offset += n
         if self.accumulate > 1:
             count = F.assign(self._count, as_rep(self._count) + 1.0)
             last = count >= float(self.accumulate)
@@ -143,6 +140,9 @@ class TrainStep(CompiledFunction):
             value, _ = value_and_grad_into(objective, list(params), views, has_aux=self.has_aux, logs=logs)
         else:
             value, grads = value_and_grad(objective, has_aux=self.has_aux)(list(params))
+            if flat is None:  # one update, from the gradients themselves
+                self._update(grads)
+                return value
             em = Emitter(current(), "gradients into the flat buffer")
             for view, g in zip(views, grads):
                 em.map(view.var, "{0}", as_rep(g).var)

@@ -572,6 +572,30 @@ def test_aux_of_an_inner_grad_cannot_carry_an_outer_gradient():
         lt.compile(f)(np.ones(3, np.float32))
 
 
+def test_value_and_grad_into_says_which_buffer_is_wrong_and_what_it_expected():
+    """Staging only: a buffer that is no tensor in memory (a literal, a staged
+    int) is named as such, not reported as a type mismatch it is not."""
+    from lantern_stage.autodiff import value_and_grad_into
+
+    def staged(buffers):
+        def f(w: lt.Tensor[()], v: lt.Tensor[3], i: lt.Int):
+            def loss(ps):
+                return lt.sum(ps[0] * ps[1])
+
+            return value_and_grad_into(loss, [w, v], buffers(w, v, i))
+
+        with pytest.raises(lt.StagingError) as info:
+            lt.compile(f).ir
+        return str(info.value)
+
+    message = staged(lambda w, v, i: [0.0, v * 1.0])
+    assert "buffer 0 is the literal 0.0, not a tensor in memory" in message
+    assert "expected a staged float32[]" in message
+    assert "buffer 0 is a staged int32[] held by value" in staged(lambda w, v, i: [i, v * 1.0])
+    assert "buffer 1 is float32[2]; expected float32[3], its parameter's type" in staged(
+        lambda w, v, i: [w * 1.0, v[:2] * 1.0])
+
+
 def test_jvp_rejects_bad_tangents_and_int_primals():
     def shape_mismatch(x: lt.Tensor[3]):
         return lt.jvp(lt.tanh, (x,), (np.ones(4, np.float32),))[1]

@@ -69,18 +69,20 @@ def _dot(p: Prim) -> str:
     return f"lt::dot({p.attrs['N']}, {ptr(p.ins[0])}, {ptr(p.ins[1])}, {ptr(p.outs[0])}, {cbool(p.accumulate)});"
 
 
-def _layout_call(fn: str):
+def _layout_call(fn: str, extra=lambda p: []):
+    """A kernel taking its inputs, its outputs, the layout (outer, n, inner),
+    then the arguments `extra(p)` lists."""
+
     def render(p: Prim) -> str:
         a = p.attrs
-        args = ", ".join(ptr(v) for v in p.ins + p.outs)
-        return f"lt::{fn}({args}, {a['outer']}, {a['n']}, {a['inner']});"
+        args = [ptr(v) for v in p.ins + p.outs] + [str(a["outer"]), str(a["n"]), str(a["inner"])] + extra(p)
+        return f"lt::{fn}({', '.join(args)});"
 
     return render
 
 
-def _softmax_backward(p: Prim) -> str:
-    # Adds into dx, or assigns when it is dx's first write (passes/first_write.py).
-    return _layout_call("softmax_backward")(p)[:-2] + ("" if p.accumulate else ", false") + ");"
+# Adds into dx, or assigns when it is dx's first write (passes/first_write.py).
+_softmax_backward = _layout_call("softmax_backward", lambda p: [] if p.accumulate else ["false"])
 
 
 def _nll(p: Prim) -> str:

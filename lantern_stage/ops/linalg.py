@@ -211,7 +211,7 @@ def _bmm_forward(em, out, a, b, *, out_shape, batch, sa, sb, so, M, N, K, ta, tb
     attrs = dict(M=M, N=N, K=K, ta=ta, tb=tb, batch=tuple(batch), sa=tuple(sa), sb=tuple(sb), so=tuple(so))
     if (oa, ob, oc, lda, ldb, ldc) != (0, 0, 0) + _lds(M, N, K, ta, tb, None, None, None):
         attrs.update(oa=oa, ob=ob, oc=oc, lda=lda, ldb=ldb, ldc=ldc)
-    em.prim("batched_gemm", [out], [a, b], acc=not bmm_covers_output(attrs, out.size), **attrs)
+    em.prim("batched_gemm", [out], [a, b], acc=em.zeroed_output, **attrs)
 
 
 def _bmm_jvp(out, ins, tans, **at):

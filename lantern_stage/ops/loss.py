@@ -139,19 +139,8 @@ def _nll_layout(logp, reduction):
     return dict(N=n, C=c, scale=(1.0 / n if reduction == "mean" else 1.0))
 
 
-def _target_memory(em, target):
-    """The kernels read targets from memory (a staged 0-d int held by value
-    is passed by its address); a literal target (a Python int) is put in a
-    one-element buffer."""
-    if target.storage != "const":
-        return target
-    buf = em.tmp(TensorType((1,), "int32"))
-    em.map(buf, "{0}", target)
-    return buf
-
-
 def _nll_forward(em, out, logp, target, *, reduction):
-    em.prim("nll", [out], [logp, _target_memory(em, target)], **_nll_layout(logp, reduction))
+    em.prim("nll", [out], [logp, target], **_nll_layout(logp, reduction))
 
 
 def _nll_t_type(g, target, *, shape, reduction):
@@ -159,7 +148,7 @@ def _nll_t_type(g, target, *, shape, reduction):
 
 
 def _nll_t_forward(em, out, g, target, *, shape, reduction):
-    em.prim("nll_backward", [out], [g, _target_memory(em, target)], acc=True, **_nll_layout(out, reduction))
+    em.prim("nll_backward", [out], [g, target], acc=True, **_nll_layout(out, reduction))
 
 
 # nll is linear in logp: its vjp is the scatter nll_t(g) (the backward kernel),

@@ -195,7 +195,7 @@ def apply(op: Op, inputs, attrs) -> Rep:
         zero = op.zeroed_output(attrs) if callable(op.zeroed_output) else op.zeroed_output
         start = len(b.block.stmts)
         out = b.alloc(out_type, op.name, zero=zero)
-        em = Emitter(b, f"{op.name} {loc}")
+        em = Emitter(b, f"{op.name} {loc}", zero)
         op.forward(em, out, *[r.var for r in reps], **attrs)
         rep = Rep(out, b.block)
         if needs_grad:
@@ -392,13 +392,19 @@ INT32_KERNELS = {"gemm", "gemv", "ger", "dot", "outer_log_start", "outer_log_app
                  "conv2d_backward", "pool_argmax", "avg_pool2d", "avg_pool2d_backward"}
 INT32_MAX = 2**31 - 1
 
+# Kernel operands the C++ call takes by value (codegen/kernels.py `val`), where
+# a literal is written in place; every other operand is read from memory.
+BY_VALUE_OPERANDS = {"take_row": (1,), "take_row_backward": (1,), "store_output": (0,)}
+
 
 class Emitter:
     """What forward and backward rules use to emit primitive statements."""
 
-    def __init__(self, builder, note: str = ""):
+    def __init__(self, builder, note: str = "", zeroed_output: bool = False):
         self.b = builder
         self.note = note
+        # The op's output was allocated zeroed (Op.zeroed_output): its forward adds into it.
+        self.zeroed_output = zeroed_output
 
     def _emit(self, stmt):
         stmt.loc = self.note
@@ -447,13 +453,20 @@ class Emitter:
                 if isinstance(v.type, TensorType) and v.size > INT32_MAX:
                     raise staging_error(f"{self.note.removeprefix('d ').partition(' ')[0]}: {v.type} has {v.size} elements; the {kind} "
                                         f"kernel (BLAS / convolution) indexes with int32, at most {INT32_MAX}")
+        # A kernel reads memory: a literal operand (a Python number, such as
+        # an int class target) is put in a one-element buffer.
+        ins = list(ins)
+        for k, v in enumerate(ins):
+            if v.storage == "const" and k not in BY_VALUE_OPERANDS.get(kind, ()):
+                ins[k] = self.tmp(TensorType((1,), v.dtype))
+                self.map(ins[k], "{0}", v)
         # A kernel writes memory; a 0-d int/bool result is held by value, so
         # the kernel writes a one-element buffer that is then read into it.
         scalars = [(k, v) for k, v in enumerate(outs) if v.storage == "scalar"]
         outs = list(outs)
         for k, v in scalars:
             outs[k] = self.tmp(TensorType((1,), v.dtype))
-        self._emit(ir.Prim(kind, outs, list(ins), attrs, acc))
+        self._emit(ir.Prim(kind, outs, ins, attrs, acc))
         for k, v in scalars:
             self._emit(ir.ScalarDef(v, ("load", ir.View(outs[k], 0, ()))))
 
