@@ -203,8 +203,16 @@ def test_standalone_program_built_with_its_makefile_gives_the_packages_losses(ml
     assert "-Wl,-rpath," in makefile and "scipy_openblas" in makefile
     assert sorted(p.name for p in (folder / "data").iterdir()) == ["x.npy", "y.npy"]
     ok(subprocess.run(["make", "-C", str(folder)], capture_output=True, text=True, timeout=600))
+    # A standalone program's OpenBLAS picks its kernels from OPENBLAS_CORETYPE
+    # before main runs; bit-equal losses need the kernels the package loaded with.
+    from lantern_stage.runtime import openblas_kernels
+    env = dict(os.environ)
+    if openblas_kernels():
+        env["OPENBLAS_CORETYPE"] = openblas_kernels()
+    else:
+        env.pop("OPENBLAS_CORETYPE", None)
     run = ok(subprocess.run(["./mlp", "--steps", "10", "--out", "trained"], cwd=folder, capture_output=True,
-                            text=True, timeout=120))
+                            text=True, timeout=120, env=env))
     assert "10 steps" in run.stdout
     losses = np.load(folder / "trained" / "losses.npy")
     assert losses.shape == (10,) and losses.dtype == np.float32
