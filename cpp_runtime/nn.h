@@ -29,16 +29,17 @@ inline void gather_index(const int32_t* a, long a_len, const int32_t* idx, int32
 }
 
 // dtable[idx[i], :] = rows[i, :] (lt.assign with an index; a repeated index
-// keeps its last row, as numpy's).
-inline void scatter_rows(const float* rows_in, const int32_t* idx, float* dtable, long n, long rows, long width) {
+// keeps its last row, as numpy's).  `what` names the indices in errors.
+inline void put_rows(const float* rows_in, const int32_t* idx, float* dtable, long n, long rows, long width,
+                     const char* what) {
   for (long i = 0; i < n; ++i)
-    std::memcpy(dtable + long(check_index(idx[i], rows, "assign index")) * width, rows_in + i * width,
-                sizeof(float) * width);
+    std::memcpy(dtable + long(check_index(idx[i], rows, what)) * width, rows_in + i * width, sizeof(float) * width);
 }
 
-inline void scatter_add_rows(const float* dout, const int32_t* idx, float* dtable, long n, long rows, long width) {
+inline void scatter_add_rows(const float* dout, const int32_t* idx, float* dtable, long n, long rows, long width,
+                             const char* what) {
   for (long i = 0; i < n; ++i) {
-    float* dst = dtable + long(check_index(idx[i], rows, "embedding index")) * width;
+    float* dst = dtable + long(check_index(idx[i], rows, what)) * width;
     const float* src = dout + i * width;
     for (long j = 0; j < width; ++j) dst[j] += src[j];
   }

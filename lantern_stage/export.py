@@ -174,7 +174,7 @@ INDEX_OPERANDS = {
     "nll_backward": (1, "C", "nll_loss target", False),
     "gather_rows": (1, "rows", "embedding index", False),
     "scatter_add_rows": (1, "rows", "embedding index", False),
-    "scatter_rows": (1, "rows", "assign index", False),
+    "put_rows": (1, "rows", "assign index", False),
     "take_row": (1, "rows", "row index", True),
     "take_row_backward": (1, "rows", "row index", True),
 }

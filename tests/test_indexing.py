@@ -39,7 +39,7 @@ def test_intarray_gather_and_row_assign_match_numpy():
 
     with pytest.raises(IndexError, match="IntArray read: index 4 out of range"):
         f(a, 2, x)
-    with pytest.raises(IndexError, match="index -2 out of range"):   # rows of lt.assign, as of lt.embedding, are in [0, rows)
+    with pytest.raises(IndexError, match="assign index: index -2 out of range"):   # rows of lt.assign, as of lt.embedding, are in [0, rows)
         f(np.array([0, 1, -2], np.int32), 0, x)
 
 

@@ -106,14 +106,21 @@ def _take_row_backward(p: Prim) -> str:
     return f"lt::take_row_backward({ptr(p.ins[0])}, {val(p.ins[1])}, {ptr(p.outs[0])}, {a['rows']}, {a['width']});"
 
 
-def _nn_call(fn: str, *attrs: str, arena: bool = False):
-    """A kernel taking its inputs, then its outputs, then integer attributes."""
+def _nn_call(fn: str, *attrs: str, arena: bool = False, extra=lambda p: []):
+    """A kernel taking its inputs, then its outputs, then integer attributes,
+    then the arguments `extra(p)` lists."""
 
     def render(p: Prim) -> str:
-        args = [ptr(v) for v in p.ins + p.outs] + [repr(p.attrs[a]) for a in attrs]
+        args = [ptr(v) for v in p.ins + p.outs] + [repr(p.attrs[a]) for a in attrs] + extra(p)
         return f"lt::{fn}({', '.join(args + (['arena'] if arena else []))});"
 
     return render
+
+
+def _rows_call(fn: str):
+    """A row write (n rows of `width` into `rows`), its indices named in errors
+    by the `what` attribute (lt.embedding's gradient, lt.assign with index=)."""
+    return _nn_call(fn, "n", "rows", "width", extra=lambda p: [f'"{p.attrs.get("what", "embedding index")}"'])
 
 
 _CONV_DIMS = ("N", "C", "H", "W", "F", "KH", "KW", "sh", "sw", "ph", "pw")
@@ -200,8 +207,8 @@ KERNELS = {
     "avg_pool2d_backward": _nn_call("avg_pool2d_backward", *_POOL_DIMS),
     "dropout_mask": _dropout_mask,
     "gather_rows": _nn_call("gather_rows", "n", "rows", "width"),
-    "scatter_add_rows": _nn_call("scatter_add_rows", "n", "rows", "width"),
-    "scatter_rows": _nn_call("scatter_rows", "n", "rows", "width"),
+    "scatter_add_rows": _rows_call("scatter_add_rows"),
+    "put_rows": _rows_call("put_rows"),
     "gather_index": lambda p: (f"lt::gather_index({ptr(p.ins[0])}, {p.ins[0].name}_len, {ptr(p.ins[1])}, "
                                f"{ptr(p.outs[0])}, {p.attrs['n']});"),
 }

@@ -392,5 +392,5 @@ def _assign_rows(em, d, v, idx, add: bool) -> None:
     # Both kernels leave the other rows as they are: `accumulate` (the
     # destination is read too) keeps every pass from taking either for a
     # write of the whole array.
-    kind = "scatter_add_rows" if add else "scatter_rows"
-    em.prim(kind, [d.var], [v.var, idx.var], acc=True, **_embedding_dims(d.type, idx.type))
+    em.prim("scatter_add_rows" if add else "put_rows", [d.var], [v.var, idx.var], acc=True,
+            what="assign index", **_embedding_dims(d.type, idx.type))
