@@ -25,20 +25,17 @@ PEAK_CALLS = 5
 
 
 def cpu() -> dict:
-    """{"model": ..., "vector": [...]}: /proc/cpuinfo's model name and flags."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """{"model": ..., "vector": [...]}: /proc/cpuinfo's model name and the
+    flags lantern_stage chooses its OpenBLAS kernels by."""
+    from lantern_stage.runtime import cpu_flags
+
+    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name":
-                    model = value.strip()
-                elif key == "flags":
-                    flags = set(value.split())
-                    break
+            model = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
+    flags = cpu_flags()
     return {"model": model, "vector": [f for f in VECTOR_FLAGS if f in flags]}
 
 
