@@ -39,6 +39,7 @@ autobatching of structural recursion: the design is in benchmarks/NOTES.md,
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Sequence
 
 import numpy as np
@@ -102,9 +103,12 @@ class Forest:
         # last (the first such chunk) adds it into the gradient.
         self.log_fresh = np.zeros(len(kinds), np.int32)
         self.log_flush = np.zeros(len(kinds), np.int32)
-        for key in set(zip(kinds, lengths)):
-            mine = [k for k, c in enumerate(zip(kinds, lengths)) if c == key]
-            self.log_fresh[max(mine)] = self.log_flush[min(mine)] = 1
+        first, last = {}, {}
+        for k, key in enumerate(zip(kinds, lengths)):
+            first.setdefault(key, k)
+            last[key] = k
+        self.log_fresh[list(last.values())] = 1
+        self.log_flush[list(first.values())] = 1
 
     def arguments(self) -> tuple:
         return (self.words, self.labels, self.left, self.right, self.kinds, self.starts, self.sizes,
@@ -151,48 +155,34 @@ class LevelBatchedTrainer:
         m, H = self.model, self.model.hidden
         grads = {id(p): g for p, g in zip(self.opt.params, self.grads)}
 
-        def logs(k):
-            return log_fresh[k] != 0, log_flush[k] != 0
-
-        def leaf_chunk(k, start, B, w):
-            leaf_w = [w[0], w[1], w[4], w[5]]
+        def chunk(kind, k, start, B, w):
+            """Chunk k (B rows from `start`): forward, the rest of the forest, backward."""
             rows = lt.arange(B) + start
-            emb = lt.embedding(m.embedding, words[rows])
             y = labels[rows]
-            h, c, loss = leaf_rows(leaf_w, emb, y, H)
+            if kind == LEAF:
+                weights, params = [w[0], w[1], w[4], w[5]], (m.W_leaf, m.b_leaf, m.W_out, m.b_out)
+                emb = lt.embedding(m.embedding, words[rows])
+                kids, kid_rows = [], []
+                cell = lambda ws, _: leaf_rows(ws, emb, y, H)   # noqa: E731
+            else:
+                weights, params = [w[2], w[3], w[4], w[5]], (m.U, m.b_inner, m.W_out, m.b_out)
+                lrows, rrows = left[rows], right[rows]
+                kid_rows = [lrows, lrows, rrows, rrows]
+                kids = [lt.embedding(store, at) for store, at in zip((self.h, self.c) * 2, kid_rows)]
+                cell = lambda ws, kd: inner_rows(ws, *kd, y, H)   # noqa: E731
+            h, c, loss = cell(weights, kids)
             lt.assign(self.h, h, index=rows)
             lt.assign(self.c, c, index=rows)
             rest = run(k + 1, w)
             dh, dc = lt.embedding(self.dh, rows), lt.embedding(self.dc, rows)
 
-            def pairing(lw):
-                h, c, loss = leaf_rows(lw, emb, y, H)
+            def pairing(p):
+                h, c, loss = cell(p[:4], p[4:])
                 return lt.sum(h * dh) + lt.sum(c * dc) + loss
 
-            value_and_grad_into(pairing, leaf_w, [grads[id(p)] for p in (m.W_leaf, m.b_leaf, m.W_out, m.b_out)],
-                                logs=logs(k))
-            return rest + loss
-
-        def inner_chunk(k, start, B, w):
-            inner_w = [w[2], w[3], w[4], w[5]]
-            rows = lt.arange(B) + start
-            lrows, rrows = left[rows], right[rows]
-            kids = [lt.embedding(self.h, lrows), lt.embedding(self.c, lrows),
-                    lt.embedding(self.h, rrows), lt.embedding(self.c, rrows)]
-            y = labels[rows]
-            h, c, loss = inner_rows(inner_w, *kids, y, H)
-            lt.assign(self.h, h, index=rows)
-            lt.assign(self.c, c, index=rows)
-            rest = run(k + 1, w)
-            dh, dc = lt.embedding(self.dh, rows), lt.embedding(self.dc, rows)
-
-            def pairing(wk):
-                h, c, loss = inner_rows(wk[:4], *wk[4:], y, H)
-                return lt.sum(h * dh) + lt.sum(c * dc) + loss
-
-            _, fresh = value_and_grad_into(pairing, inner_w + kids, [grads[id(p)] for p in (m.U, m.b_inner, m.W_out, m.b_out)] + [None] * 4,
-                                           logs=logs(k))
-            for store, at, d in zip((self.dh, self.dc, self.dh, self.dc), (lrows, lrows, rrows, rrows), fresh[4:]):
+            _, fresh = value_and_grad_into(pairing, weights + kids, [grads[id(p)] for p in params] + [None] * len(kids),
+                                           logs=(log_fresh[k] != 0, log_flush[k] != 0))
+            for store, at, d in zip((self.dh, self.dc) * 2, kid_rows, fresh[4:]):
                 lt.assign(store, d, index=at, add=True)
             return rest + loss
 
@@ -212,8 +202,9 @@ class LevelBatchedTrainer:
         def run(k, w):
             def one_chunk():
                 start, size = starts[k], sizes[k]
-                return lt.cond(kinds[k] == LEAF, lambda: by_size(leaf_chunk, k, start, size, self.sizes, w),
-                               lambda: by_size(inner_chunk, k, start, size, self.sizes, w))
+                return lt.cond(kinds[k] == LEAF,
+                               lambda: by_size(functools.partial(chunk, LEAF), k, start, size, self.sizes, w),
+                               lambda: by_size(functools.partial(chunk, INNER), k, start, size, self.sizes, w))
 
             return lt.cond(k < kinds.length, one_chunk, lambda: lt.zeros(()))
 
