@@ -112,9 +112,12 @@ inline void reduce_argmax(const T* x, int32_t* out, long outer, long n, long inn
 // y = softmax(x) or log_softmax(x) along the middle axis.  The sums are in
 // double (see reduce_sum); log_softmax is (x - max) - log(sum), so rounding
 // max + log(sum) first cannot swamp the result (at logits of 1e4 that lost
-// 4 digits).
-template <bool Log>
-inline void softmax_any(const float* x, float* y, long outer, long n, long inner) {
+// 4 digits).  Each kernel of this section is instantiated for `inner` = 1
+// (the softmax axis is the last: rows in memory order, which g++ vectorises
+// once it knows the stride) and for any other `inner`.
+template <bool Log, bool Rows>
+inline void softmax_layout(const float* x, float* y, long outer, long n, long any_inner) {
+  const long inner = Rows ? 1 : any_inner;
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
       const float* src = x + o * n * inner + j;
@@ -132,34 +135,58 @@ inline void softmax_any(const float* x, float* y, long outer, long n, long inner
     }
 }
 
+template <bool Log>
+inline void softmax_any(const float* x, float* y, long outer, long n, long inner) {
+  if (inner == 1)
+    softmax_layout<Log, true>(x, y, outer, n, 1);
+  else
+    softmax_layout<Log, false>(x, y, outer, n, inner);
+}
+
 inline void softmax(const float* x, float* y, long outer, long n, long inner) { softmax_any<false>(x, y, outer, n, inner); }
 inline void log_softmax(const float* x, float* y, long outer, long n, long inner) { softmax_any<true>(x, y, outer, n, inner); }
 
-// dx += y * (dy - sum(dy * y)); dx = ... when not `accumulate` (dx's first write).
-inline void softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner,
-                             bool accumulate = true) {
+// dx += y * (dy - sum(dy * y)) (softmax) or dy - exp(y) * sum(dy) (log_softmax,
+// y its output); dx = ... when not `accumulate` (dx's first write).
+template <bool Log, bool Rows>
+inline void softmax_backward_layout(const float* y, const float* dy, float* dx, long outer, long n, long any_inner,
+                                    bool accumulate) {
+  const long inner = Rows ? 1 : any_inner;
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
       const long base = o * n * inner + j;
       const float* yb = y + base;
       const float* db = dy + base;
-      float s = float(lane_sum(n, [yb, db, inner](long i) { return double(db[i * inner]) * yb[i * inner]; }));
+      float* xb = dx + base;
+      float s = Log ? float(lane_sum(n, [db, inner](long i) { return double(db[i * inner]); }))
+                    : float(lane_sum(n, [yb, db, inner](long i) { return double(db[i * inner]) * yb[i * inner]; }));
+      auto grad = [yb, db, inner, s](long i) {
+        return Log ? db[i * inner] - exp_f(yb[i * inner]) * s : yb[i * inner] * (db[i * inner] - s);
+      };
       if (accumulate)
-        for (long i = 0; i < n; ++i) dx[base + i * inner] += y[base + i * inner] * (dy[base + i * inner] - s);
+        for (long i = 0; i < n; ++i) xb[i * inner] += grad(i);
       else
-        for (long i = 0; i < n; ++i) dx[base + i * inner] = y[base + i * inner] * (dy[base + i * inner] - s);
+        for (long i = 0; i < n; ++i) xb[i * inner] = grad(i);
     }
 }
 
-// dx += dy - exp(y) * sum(dy)
-inline void log_softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner) {
-  for (long o = 0; o < outer; ++o)
-    for (long j = 0; j < inner; ++j) {
-      const long base = o * n * inner + j;
-      const float* db = dy + base;
-      float s = float(lane_sum(n, [db, inner](long i) { return double(db[i * inner]); }));
-      for (long i = 0; i < n; ++i) dx[base + i * inner] += dy[base + i * inner] - exp_f(y[base + i * inner]) * s;
-    }
+template <bool Log>
+inline void softmax_backward_any(const float* y, const float* dy, float* dx, long outer, long n, long inner,
+                                 bool accumulate) {
+  if (inner == 1)
+    softmax_backward_layout<Log, true>(y, dy, dx, outer, n, 1, accumulate);
+  else
+    softmax_backward_layout<Log, false>(y, dy, dx, outer, n, inner, accumulate);
+}
+
+inline void softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner,
+                             bool accumulate = true) {
+  softmax_backward_any<false>(y, dy, dx, outer, n, inner, accumulate);
+}
+
+inline void log_softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner,
+                                 bool accumulate = true) {
+  softmax_backward_any<true>(y, dy, dx, outer, n, inner, accumulate);
 }
 
 // out = -scale * sum_n logp[n, target[n]]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from functools import lru_cache
 from math import prod
 
 import numpy as np
@@ -98,6 +99,53 @@ def covers_once(shape, strides, size: int) -> bool:
             return False
         step *= n
     return step == size
+
+
+# Views compared element by element (`views_disjoint`, `views_cover_once`)
+# have at most this many elements; larger ones count as overlapping.
+ENUMERABLE_VIEW = 1 << 16
+
+
+def _view_elements(offset: int, strides, shape):
+    """Element indices a view visits, in loop order (repeats kept), or None
+    past ENUMERABLE_VIEW elements."""
+    if prod(shape) > ENUMERABLE_VIEW:
+        return None
+    idx = np.full((), offset, dtype=np.int64)
+    for s, n in zip(strides, shape):
+        idx = idx[..., None] + s * np.arange(n, dtype=np.int64)
+    return idx.reshape(-1)
+
+
+def _view_range(offset: int, strides, shape) -> tuple[int, int]:
+    lo = hi = offset
+    for s, n in zip(strides, shape):
+        lo, hi = (lo + s * (n - 1), hi) if s < 0 else (lo, hi + s * (n - 1))
+    return lo, hi
+
+
+@lru_cache(maxsize=8192)
+def views_disjoint(shape: tuple, a: tuple, b: tuple) -> bool:
+    """Views a = (offset, strides) and b of one buffer, over the loop index
+    space `shape`, share no element (the gate slices [:, 0:H], [:, H:2H] of
+    rows of 4H do not)."""
+    (lo_a, hi_a), (lo_b, hi_b) = _view_range(*a, shape), _view_range(*b, shape)
+    if hi_a < lo_b or hi_b < lo_a:
+        return True
+    ea, eb = _view_elements(*a, shape), _view_elements(*b, shape)
+    if ea is None or eb is None:
+        return False
+    return not np.intersect1d(ea, eb).size
+
+
+def views_cover_once(shape: tuple, views, size: int) -> bool:
+    """The views (offset, strides) over `shape` together visit each of `size`
+    elements exactly once."""
+    parts = [_view_elements(off, strides, shape) for off, strides in views]
+    if any(p is None for p in parts):
+        return False
+    every = np.sort(np.concatenate(parts))
+    return every.size == size and bool((every == np.arange(size)).all())
 
 
 class _TensorAnnotation(type):

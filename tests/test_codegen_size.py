@@ -6,10 +6,12 @@ and a long straight-line body is still correct when compiled unoptimised."""
 import re
 
 import numpy as np
+import pytest
 import torch
 
 import lantern_stage as lt
 from lantern_stage import program as lt_program
+from lantern_stage.types import views_cover_once, views_disjoint
 
 H, B = 8, 4
 
@@ -95,3 +97,53 @@ def test_gradient_buffers_written_whole_first_are_not_zero_filled():
     t = torch.tanh(tx @ tw).reshape(2, 2, 6).permute(1, 0, 2)
     (torch.softmax(t @ t.transpose(1, 2), -1) * tc).sum().backward()
     np.testing.assert_allclose(grad, tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_split_gradients_are_written_into_their_blocks_without_zero_fill():
+    """The backward of `split` adds each gate's gradient into its own column
+    block of the gates' gradient: the elementwise loops fuse across those
+    disjoint blocks (passes/fusion.py), which together cover the buffer, so
+    it is assigned and not zero-filled (the second `assign first writes`)."""
+    def loss(w, x, c):
+        gates = x @ w
+        i, f, g, o = lt.split(gates, 5, axis=-1)
+        c2 = lt.sigmoid(f) * c + lt.sigmoid(i) * lt.tanh(g)
+        return lt.sum(lt.sigmoid(o) * lt.tanh(c2))
+
+    f = lt.compile(lambda w, x, c: lt.grad(loss)(w, x, c))
+    rng = np.random.default_rng(5)
+    w, x, c = (rng.standard_normal(s).astype(np.float32) for s in [(3, 20), (4, 3), (4, 5)])
+    grad = f(w, x, c)
+    zeroed = re.findall(r"float\* (\w+) = arena\.alloc_zeroed<float>\((\d+)\)", f.cpp_source)
+    assert [n for name, n in zeroed if not name.startswith("d_in_") and n != "1"] == [], zeroed
+
+    tw, tx, tc = (torch.tensor(a, dtype=torch.float64) for a in (w, x, c))
+    tw.requires_grad_(True)
+    ti, tf, tg, to = torch.split(tx @ tw, 5, dim=-1)
+    tc2 = torch.sigmoid(tf) * tc + torch.sigmoid(ti) * torch.tanh(tg)
+    (torch.sigmoid(to) * torch.tanh(tc2)).sum().backward()
+    np.testing.assert_allclose(grad, tw.grad.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, a, b, disjoint", [
+    ((4, 5), (0, (20, 1)), (5, (20, 1)), True),      # two gate column blocks of rows of 20
+    ((4, 5), (0, (20, 1)), (3, (20, 1)), False),     # overlapping column ranges
+    ((4, 5), (0, (20, 1)), (20, (20, 1)), False),    # one row down: rows 1-3 shared
+    ((4, 5), (0, (5, 1)), (20, (5, 1)), True),       # consecutive packed blocks
+    ((3, 4), (0, (1, 3)), (1, (4, 1)), False),       # a transposed view over the same 12
+    ((6,), (0, (2,)), (1, (2,)), True),              # even and odd elements
+])
+def test_views_disjoint(shape, a, b, disjoint):
+    assert views_disjoint(shape, a, b) is disjoint
+    assert views_disjoint(shape, b, a) is disjoint
+
+
+@pytest.mark.parametrize("views, size, covered", [
+    ([(0, (20, 1)), (5, (20, 1)), (10, (20, 1)), (15, (20, 1))], 80, True),
+    ([(0, (20, 1)), (5, (20, 1)), (10, (20, 1))], 80, False),                  # a block missing
+    ([(0, (20, 1)), (5, (20, 1)), (5, (20, 1)), (15, (20, 1))], 80, False),    # a block twice
+    ([(0, (2,)), (1, (2,))], 12, True),
+])
+def test_views_cover_once(views, size, covered):
+    shape = (4, 5) if len(views[0][1]) == 2 else (6,)
+    assert views_cover_once(shape, views, size) is covered

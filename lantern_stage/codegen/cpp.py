@@ -12,7 +12,7 @@ from __future__ import annotations
 from math import prod
 
 from .. import ir
-from ..types import CPP_TYPE, IntArrayType
+from ..types import CPP_TYPE, IntArrayType, views_disjoint
 from .kernels import render_prim
 
 
@@ -195,14 +195,15 @@ class Renderer:
             self.rename[id(var)] = f"p{k}"
             ctype = CPP_TYPE[var.dtype]
             params.append(f"{ctype}* p{k}" if var.storage == "buf" else f"const {ctype} p{k}")
+        restrict = self._restrict(m, operands)
         outer_lines, outer_indent = self.lines, self.indent
         self.lines, self.indent = [], 1
         try:
-            self.loop(m)
+            self.loop(m, overlap_tail=restrict and _rerunnable(m, self.roots))
             body = self.lines
         finally:
             self.lines, self.indent, self.rename, self.locals = outer_lines, outer_indent, {}, {}
-        name = self.kernels.function(params, body, self._restrict(m, operands))
+        name = self.kernels.function(params, body, restrict)
         self.line(f"{name}({', '.join(v.name for v in operands)});")
 
     def _restrict(self, m: ir.Map, operands: list) -> bool:
@@ -223,7 +224,13 @@ class Renderer:
         read_params = any(r in self.params for r in bufs if r not in written)
         return not read_params or written <= self.allocated[-1]
 
-    def loop(self, m: ir.Map) -> None:
+    def loop(self, m: ir.Map, overlap_tail: bool = False) -> None:
+        """The loop nest of `m`.  With `overlap_tail` (the map may run an
+        element twice), an innermost loop of n > TAIL_BLOCK elements, n not a
+        multiple of it, runs in blocks of TAIL_BLOCK, the last block moved
+        back to end at n: every block is one vector iteration, where g++
+        would leave n mod 8 scalar iterations (two of the LSTM gates' 50, as
+        slow as the 48 vectorised: -21% on that loop, benchmarks/NOTES.md)."""
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
         stride_of = {id(v): st for v, st in zip(views, strides)}
@@ -250,11 +257,19 @@ class Renderer:
             acc = _accumulator(shape, stride_of[id(a.dst)])
             if acc is not None:
                 accs[id(a)] = (f"acc{len(accs)}", acc[0], acc[1])
+        blocked = overlap_tail and not accs and shape and shape[-1] > TAIL_BLOCK and shape[-1] % TAIL_BLOCK
         for d, (name, n) in enumerate(zip(names, shape)):
             for acc, level, kept in accs.values():
                 if level == d:
                     size = prod(shape[k] for k, _ in kept) if kept is not None else None
                     self.line(f"double {acc} = 0.0;" if kept is None else f"double {acc}[{size}] = {{}};")
+            if blocked and d == len(shape) - 1:
+                self.line(f"for (long {name}b = 0; {name}b < {n}; {name}b += {TAIL_BLOCK}) {{")
+                self.line(f"  const long {name}s = {name}b + {TAIL_BLOCK} <= {n} ? {name}b : {n - TAIL_BLOCK};")
+                self.line(f"  for (long {name}v = 0; {name}v < {TAIL_BLOCK}; ++{name}v) {{")
+                self.line(f"    const long {name} = {name}s + {name}v;")
+                self.indent += 2
+                continue
             self.line(f"for (long {name} = 0; {name} < {n}; ++{name}) {{")
             self.indent += 1
         if not shape:
@@ -272,6 +287,9 @@ class Renderer:
                 op = "+=" if a.accumulate else "="
                 self.line(f"{self.load(a.dst, index)} {op} {self.expr(a.expr, index)};")
         self.hoisted = {}
+        if blocked:
+            self.indent -= 1
+            self.line("}")
         for d in reversed(range(max(len(shape), 1))):
             self.indent -= 1
             self.line("}")
@@ -327,10 +345,38 @@ class Renderer:
             self.hoisted[text] = f"r{k}"
 
 
+def _rerunnable(m: ir.Map, roots: dict) -> bool:
+    """Running some elements of `m` twice leaves what running each once does:
+    every write is a plain float store (no `+=`, no zero stride), no buffer it
+    writes is read in the loop, and the stores into one buffer go through one
+    var into disjoint views (the four gate blocks of a gradient)."""
+    stores = {}  # root id -> the store views
+    for a in m.assigns:
+        if isinstance(a, ir.Assign):
+            if a.accumulate or a.dst.var.dtype != "float32" or 0 in a.dst.strides:
+                return False
+            stores.setdefault(roots.get(id(a.dst.var), id(a.dst.var)), []).append(a.dst)
+    loaded = {roots.get(id(v.var), id(v.var)) for a in m.assigns for v in ir.expr_loads(a.expr)}
+    if loaded & set(stores):
+        return False
+    shape = tuple(m.shape)
+    for views in stores.values():
+        if len({id(v.var) for v in views}) != 1:
+            return False
+        for i, a in enumerate(views):
+            if any(not views_disjoint(shape, (a.offset, a.strides), (b.offset, b.strides)) for b in views[i + 1:]):
+                return False
+    return True
+
+
 def _is_float_sum(a, dst_strides) -> bool:
     """An accumulation of floats into one element over a loop (stride 0)."""
     return a.accumulate and a.dst.var.dtype == "float32" and any(s == 0 for s in dst_strides)
 
+
+# One vector iteration of an AVX2 loop over floats (codegen's overlapped
+# tail, `Emitter.loop`); with 512-bit vectors g++ still vectorises it (ymm).
+TAIL_BLOCK = 8
 
 # Most elements a sum's block of double accumulators may have (32 KB of stack).
 ROW_SUM_MAX = 4096

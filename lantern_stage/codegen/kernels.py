@@ -187,7 +187,7 @@ KERNELS = {
     "softmax": _layout_call("softmax"),
     "log_softmax": _layout_call("log_softmax"),
     "softmax_backward": _softmax_backward,
-    "log_softmax_backward": _layout_call("log_softmax_backward"),
+    "log_softmax_backward": _layout_call("log_softmax_backward", lambda p: [] if p.accumulate else ["false"]),
     "nll": _nll,
     "nll_backward": _nll_backward,
     "take_row": _take_row,

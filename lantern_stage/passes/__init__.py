@@ -24,6 +24,7 @@ PIPELINE = [
     ("assign first writes", assign_first_writes),
     ("whole-buffer copies as views", alias_copies),
     ("fuse elementwise loops", fuse_elementwise),
+    ("assign first writes of fused loops", assign_first_writes),
     ("remove dead code", remove_dead_code),
 ]
 

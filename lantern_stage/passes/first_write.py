@@ -1,18 +1,20 @@
 """Assign instead of zero-filling and accumulating: backward code adds into
 zeroed gradient buffers; where the first statement to touch a zeroed buffer
 writes every element of it (an elementwise `+=` over its whole extent, in
-any order, a gemm/gemv/dot with beta = 1, softmax's backward kernel, or a
+any order, a gemm/gemv/dot with beta = 1, (log_)softmax's backward kernel, or a
 batched gemm whose blocks cover the buffer once), it may assign instead
-(beta = 0) and the buffer needs no zero fill."""
+(beta = 0) and the buffer needs no zero fill.  It runs again after fusion,
+when one loop's `+=`s into disjoint blocks of a buffer (each gate's gradient
+into its columns of the gates' gradient) may cover it together."""
 from __future__ import annotations
 
 from .. import ir
 from ..ops.linalg import bmm_covers_output
-from ..types import covers_once
+from ..types import covers_once, views_cover_once
 from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
-_ASSIGNABLE = {"gemm", "gemv", "dot", "softmax_backward"}
+_ASSIGNABLE = {"gemm", "gemv", "dot", "softmax_backward", "log_softmax_backward"}
 
 
 def assign_first_writes(program) -> None:
@@ -71,10 +73,15 @@ def _writes_all_first(stmt, var, buffers) -> bool:
         return False
     mine = [a for a in stmt.assigns if isinstance(a, ir.Assign) and buffers.of(a.dst.var)[0] is var]
     loads = [v for a in stmt.assigns for v in ir.expr_loads(a.expr) if buffers.of(v.var)[0] is var]
-    if len(mine) != 1 or loads or not mine[0].accumulate or not whole(mine[0].dst.var, mine[0].dst.offset):
+    if not mine or loads or not all(a.accumulate for a in mine):
         return False
-    if not covers_once(stmt.shape, mine[0].dst.strides, var.size):
+    if len(mine) == 1:
+        if not whole(mine[0].dst.var, mine[0].dst.offset) or not covers_once(stmt.shape, mine[0].dst.strides, var.size):
+            return False
+    elif not views_cover_once(tuple(stmt.shape), [(buffers.of(a.dst.var)[1] + a.dst.offset, a.dst.strides)
+                                                  for a in mine], var.size):
         return False
-    mine[0].accumulate = False
+    for a in mine:
+        a.accumulate = False
     return True
 

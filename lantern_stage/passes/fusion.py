@@ -6,13 +6,18 @@ nothing else reads it.
 Two maps may share a loop when, per element, running them together equals
 running one after the other: every buffer one writes and the other touches
 is touched through the very same view (same elements in the same order),
-and no such write is a reduction (a zero stride: many indices, one element).
-Allocations between the maps do not get in the way.
+and no such write is a reduction (a zero stride: many indices, one element)
+- or the two views share no element at all (the backward of `split` adds
+each gate's gradient into its own column block of one buffer).  Allocations
+between the maps do not get in the way, nor does a kernel call (`Prim`)
+that touches nothing the grown map writes and writes nothing it reads: the
+map moves down past it (an LSTM's two bias additions around its input
+product become one loop, and so do its two bias-gradient sums).
 """
 from __future__ import annotations
 
 from .. import ir
-from ..types import contiguous_strides
+from ..types import contiguous_strides, views_disjoint
 from .analysis import analyse, read_counts
 
 
@@ -115,9 +120,19 @@ def _fuse_block(stmts, buffers):
             group_accesses = accesses
         else:
             out.append(stmt)
-            if not isinstance(stmt, (ir.Alloc, ir.Alias, ir.Comment)):
+            if not isinstance(stmt, (ir.Alloc, ir.Alias, ir.Comment)) and not (
+                    isinstance(stmt, ir.Prim) and _independent(stmt, group_accesses, buffers)):
                 group = None
     return out
+
+
+def _independent(prim: ir.Prim, accesses, buffers) -> bool:
+    """The map with these accesses may run after `prim` instead of before."""
+    touched = {root for root, _, _, _ in accesses}
+    written = {root for root, _, is_write, _ in accesses if is_write}
+    prim_writes = {id(buffers.of(v)[0]) for v in prim.writes()}
+    prim_reads = {id(buffers.of(v)[0]) for v in prim.reads()}
+    return not (prim_writes & touched or prim_reads & written)
 
 
 def _accesses(m: ir.Map, buffers):
@@ -140,7 +155,8 @@ def _compatible(a: ir.Map, b: ir.Map, acc_a, acc_b) -> bool:
         writes = [w for w in x if w[2]]
         for root, key, _, reduction in writes:
             for other in y:
-                if other[0] != root:
+                if other[0] != root or (other[1] != key and views_disjoint(
+                        tuple(a.shape), key[1:], other[1][1:])):
                     continue
                 if other[1] != key:
                     return False
