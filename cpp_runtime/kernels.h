@@ -114,9 +114,11 @@ inline void reduce_argmax(const T* x, int32_t* out, long outer, long n, long inn
 // max + log(sum) first cannot swamp the result (at logits of 1e4 that lost
 // 4 digits).  Each kernel of this section is instantiated for `inner` = 1
 // (the softmax axis is the last: rows in memory order, which g++ vectorises
-// once it knows the stride) and for any other `inner`.
+// once it knows the stride) and for any other `inner`; never inlined: in a
+// long step body g++ stops inlining exp_f into them, which is then called
+// once per element instead of vectorised.
 template <bool Log, bool Rows>
-inline void softmax_layout(const float* x, float* y, long outer, long n, long any_inner) {
+__attribute__((noinline)) void softmax_layout(const float* x, float* y, long outer, long n, long any_inner) {
   const long inner = Rows ? 1 : any_inner;
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
@@ -149,7 +151,7 @@ inline void log_softmax(const float* x, float* y, long outer, long n, long inner
 // dx += y * (dy - sum(dy * y)) (softmax) or dy - exp(y) * sum(dy) (log_softmax,
 // y its output); dx = ... when not `accumulate` (dx's first write).
 template <bool Log, bool Rows>
-inline void softmax_backward_layout(const float* y, const float* dy, float* dx, long outer, long n, long any_inner,
+__attribute__((noinline)) void softmax_backward_layout(const float* y, const float* dy, float* dx, long outer, long n, long any_inner,
                                     bool accumulate) {
   const long inner = Rows ? 1 : any_inner;
   for (long o = 0; o < outer; ++o)

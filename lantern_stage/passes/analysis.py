@@ -70,24 +70,20 @@ def written_within(stmt: ir.Stmt) -> set:
 
 def read_counts(body: ir.Block, buffers: Buffers) -> dict:
     """Root id -> number of statements reading it, not counting a statement's
-    reads of what it writes itself (an accumulation keeps nothing alive)."""
+    implicit read of what it accumulates into (an accumulation keeps nothing
+    alive); a loop's explicit loads count, of a buffer it writes too
+    (`d = a; d += b; y = d * c`, or `v = d + e; d = v; y = v * c`)."""
     counts: dict = {}
     for _, stmt in ir.walk(body):
         written = {id(buffers.of(v)[0]) for v in stmt.writes()}
         outside = {id(buffers.of(v)[0]) for v in stmt.reads()} - written
-        for rid in outside | _reads_after_own_write(stmt, buffers):
+        for rid in outside | _loads(stmt, buffers):
             counts[rid] = counts.get(rid, 0) + 1
     return counts
 
 
-def _reads_after_own_write(stmt: ir.Stmt, buffers: Buffers) -> set:
-    """Root ids a fused Map reads after one of its own assigns wrote them:
-    those reads need the writes (`d = a; d += b; y = d * c`)."""
+def _loads(stmt: ir.Stmt, buffers: Buffers) -> set:
+    """Root ids an elementwise loop's expressions load."""
     if not isinstance(stmt, ir.Map):
         return set()
-    done, out = set(), set()
-    for a in stmt.assigns:
-        out |= {id(buffers.of(v.var)[0]) for v in ir.expr_loads(a.expr)} & done
-        if isinstance(a, ir.Assign):
-            done.add(id(buffers.of(a.dst.var)[0]))
-    return out
+    return {id(buffers.of(v.var)[0]) for a in stmt.assigns for v in ir.expr_loads(a.expr)}

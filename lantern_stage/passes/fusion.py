@@ -176,7 +176,7 @@ def _promote(program, buffers) -> None:
         counter = [0]
         known = {}  # view key -> local name
         new = []
-        for a in stmt.assigns:
+        for pos, a in enumerate(stmt.assigns):
             expr = _substitute(a.expr, known, buffers)
             if isinstance(a, ir.Let):
                 new.append(ir.Let(a.name, expr))
@@ -186,15 +186,20 @@ def _promote(program, buffers) -> None:
             for k in [k for k in known if k[0] == key[0]]:
                 del known[k]
             if a.accumulate:
-                if held is None or _is_reduction(a.dst, stmt.shape):
+                if _is_reduction(a.dst, stmt.shape) or held is None and not _read_later(stmt.assigns, pos, key, buffers):
                     new.append(ir.Assign(a.dst, True, expr))
                     continue
-                # This loop assigned the element before (one element per
-                # index): `d += e` is `d = v + e` with v its register, so a
-                # gradient summed within the loop is summed in registers.
-                # (A first access `d += e` stays one: its read of d is an
-                # accumulation's, which keeps nothing alive - read_counts.)
-                expr = ("fmt", "({0} + {1})", [("local", held), expr])
+                # `d += e` is `d = v + e`: with v the register of an earlier
+                # assign of the element in this loop (one element per index),
+                # a gradient summed within the loop is summed in registers;
+                # a first access read again later loads d itself, and the
+                # later reads use the sum's register - through other aliases
+                # of d too, which then are no pointers of the loop function
+                # (aliases of a written buffer forbid __restrict, and with it
+                # the vectorisation of an LSTM's gate gradients).  A first
+                # access read by nothing later stays `d += e`.
+                prior = ("local", held) if held is not None else ("load", a.dst)
+                expr = ("fmt", "({0} + {1})", [prior, expr])
             counter[0] += 1
             name = f"v{counter[0]}"
             new.append(ir.Let(name, expr))
@@ -211,6 +216,11 @@ def _promote(program, buffers) -> None:
                 if isinstance(a, ir.Let) or not buffers.is_owned(a.dst.var)
                 or reads.get(buffers.key(a.dst)[0], 0) > 0 or a.accumulate
             ]
+
+
+def _read_later(assigns, k: int, key, buffers) -> bool:
+    """An assign after the k-th loads the elements of view `key`."""
+    return any(buffers.key(v) == key for a in assigns[k + 1:] for v in ir.expr_loads(a.expr))
 
 
 def _is_reduction(dst: ir.View, shape) -> bool:
