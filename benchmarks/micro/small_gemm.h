@@ -1,9 +1,10 @@
 // A register-blocked gemm for small packed matrices, written to be measured
 // against OpenBLAS on the char transformer's per-head products (32x32x16 and the
 // like, 64 per batched product) by batched_gemm_bench.cpp.  lantern_stage does
-// not use it: the generated code calls lt::batched_gemm (cpp_runtime/blas.h),
-// one OpenBLAS call per matrix; benchmarks/NOTES.md has the measurements and why
-// it was not adopted.
+// not use it (benchmarks/NOTES.md has the measurements and why): the generated
+// code calls lt::batched_gemm (cpp_runtime/blas.h), one lt::gemm per matrix,
+// which on AVX2 CPUs without AVX-512 takes products of few rows with B read in
+// place (small_rows::gemm, no packed panel) and gives the rest to OpenBLAS.
 // For matrices this small OpenBLAS's per-call cost - argument checks, buffer
 // set-up, packing A and B into its panel layout - can exceed the multiply-adds
 // themselves.  Here op(B) is copied (only when transposed, or when N is not a

@@ -1,0 +1,63 @@
+"""Matrix products of few rows (cpp_runtime/blas.h: `small_rows::gemm` on AVX2
+CPUs without AVX-512, OpenBLAS elsewhere) against float64, over the shapes
+its blocking treats apart: rows in blocks of 6 and a remainder of 1-5, columns
+in panels of 16, one of 8, and a masked last one of 1-7; strided rows (slices
+of wider arrays), a transposed left operand, and sums into a gradient."""
+# No `from __future__ import annotations`: the staged annotations use local sizes.
+
+import numpy as np
+import pytest
+
+import lantern_stage as lt
+
+# (rows, inner, columns) of op(A) B
+SHAPES = [(1, 1, 1), (1, 7, 3), (5, 3, 8), (6, 50, 16), (7, 26, 15), (12, 1, 24), (13, 50, 26),
+          (20, 50, 200), (20, 26, 200), (20, 200, 50), (32, 9, 33), (33, 5, 17), (4, 80, 219)]
+A_SHAPE, B_SHAPE = (40, 80), (80, 220)
+
+
+@pytest.fixture(scope="module")
+def products():
+    def f(a: lt.Tensor[A_SHAPE], b: lt.Tensor[B_SHAPE]):
+        plain = [a[:m, :k] @ b[:k, :n] for m, k, n in SHAPES]
+        transposed = [lt.transpose(a[:k, :m]) @ b[:k, :n] for m, k, n in SHAPES if k <= A_SHAPE[0]]
+        return plain, transposed
+
+    rng = np.random.default_rng(7)
+    a = rng.standard_normal(A_SHAPE).astype(np.float32)
+    b = rng.standard_normal(B_SHAPE).astype(np.float32)
+    return lt.compile(f)(a, b), a.astype(np.float64), b.astype(np.float64)
+
+
+def _close(got, want, k):
+    # float32 products of k terms of unit variance: rounding ~ sqrt(k) * 6e-8 of |terms|
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6 * np.sqrt(k) * 4)
+
+
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_few_row_products_match_float64(products, m, k, n):
+    (plain, _), a, b = products
+    _close(plain[SHAPES.index((m, k, n))], a[:m, :k] @ b[:k, :n], k)
+
+
+@pytest.mark.parametrize("m, k, n", [s for s in SHAPES if s[1] <= A_SHAPE[0]])
+def test_few_row_products_of_a_transposed_operand_match_float64(products, m, k, n):
+    (_, transposed), a, b = products
+    index = [s for s in SHAPES if s[1] <= A_SHAPE[0]].index((m, k, n))
+    _close(transposed[index], a[:k, :m].T @ b[:k, :n], k)
+
+
+def test_weight_gradients_summed_over_uses_match_float64():
+    """dW = x1^T g1 + x2^T g2: products of few rows (W has 13 rows) with a
+    transposed left operand, the second added into the first (beta = 1)."""
+    def loss(w, x1, x2):
+        return lt.sum(lt.tanh(x1 @ w)) + lt.sum(lt.sigmoid(x2 @ w) * x2[:, :1])
+
+    f = lt.compile(lambda w, x1, x2: lt.grad(loss)(w, x1, x2))
+    rng = np.random.default_rng(8)
+    w, x1, x2 = (rng.standard_normal(s).astype(np.float32) for s in [(13, 21), (9, 13), (30, 13)])
+    got = f(w, x1, x2)
+    w, x1, x2 = (v.astype(np.float64) for v in (w, x1, x2))
+    y1, s2 = np.tanh(x1 @ w), 1 / (1 + np.exp(-(x2 @ w)))
+    want = x1.T @ (1 - y1 ** 2) + x2.T @ (s2 * (1 - s2) * x2[:, :1])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
