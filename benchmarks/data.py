@@ -40,6 +40,13 @@ def data_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data"
 
 
+def _data_file(path: Optional[PathLike], *relative: str) -> Path:
+    """The data file `path`, or `relative` under it when it is a directory (the
+    harness's --data), or under `data_dir()` when no path is given."""
+    path = Path(path) if path is not None else data_dir()
+    return path.joinpath(*relative) if path.is_dir() else path
+
+
 def _rng(*purpose: int) -> np.random.Generator:
     return np.random.default_rng([SEED, *purpose])
 
@@ -98,11 +105,12 @@ class CharData:
 
 
 def load_text(path: Optional[PathLike] = None) -> CharData:
-    """graham.txt (default ``<data>/text/graham.txt``), or 1135 seeded lowercase
+    """graham.txt (default ``<data>/text/graham.txt``; `path` is the file or a
+    data directory holding text/graham.txt), or 1135 seeded lowercase
     chars from a Markov chain in which each letter has a few likely successors:
     text with structure a char-RNN can learn, as it can learn English (uniform
     random letters could not be learnt below the loss of a random model)."""
-    path = Path(path) if path is not None else data_dir() / "text" / "graham.txt"
+    path = _data_file(path, "text", "graham.txt")
     if path.is_file():
         return CharData(path.read_text(), f"file:{path}")   # not stripped: the final newline is the 26th symbol
     rng = _rng(1)
@@ -235,9 +243,10 @@ def random_trees(count: int = N_TREES, seed: int = 0) -> List[Tree]:
 
 
 def load_trees(path: Optional[PathLike] = None) -> TreeData:
-    """The SST dev trees (default ``<data>/sst/array_tree.txt``), or 1101 random
-    trees of the same size distribution when the file is absent."""
-    path = Path(path) if path is not None else data_dir() / "sst" / "array_tree.txt"
+    """The SST dev trees (default ``<data>/sst/array_tree.txt``; `path` is the
+    file or a data directory holding sst/array_tree.txt), or 1101 random trees
+    of the same size distribution when the file is absent."""
+    path = _data_file(path, "sst", "array_tree.txt")
     if path.is_file():
         out = TreeData(parse_trees(path.read_text()))
         out.source = f"file:{path}"

@@ -55,6 +55,16 @@ def test_fallback_data_has_the_same_shapes(tmp_path):
     assert np.array_equal(img.x, data.MnistLike().batch_at(603).x)   # epoch of 600, seeded
 
 
+def test_a_data_directory_reads_its_files_as_the_harness_does(tmp_path):
+    """`--data <dir>` (the harness's form) works for one model's command line
+    too: the files under it, not generated data."""
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "graham.txt").write_text("abcab\n" * 300)
+    text = data.load_text(tmp_path)
+    assert text.source == f"file:{tmp_path / 'text' / 'graham.txt'}" and text.vocab == sorted("abc\n")
+    assert data.load_trees(tmp_path).source == "generated"   # no sst/array_tree.txt there
+
+
 def test_weights_are_deterministic_and_pytorch_shaped():
     for model in spec.MODELS:
         a, b = weights.init_weights(model), weights.init_weights(model)

@@ -72,7 +72,7 @@ def main(model: str, build: Callable, argv=None) -> list:
     p = argparse.ArgumentParser(prog=f"python -m benchmarks.models.{model}",
                                 description=f"Train the lantern_stage {model} benchmark model.")
     p.add_argument("--steps", type=int, default=200, help="training steps (default 200)")
-    p.add_argument("--data", default=None, help="data file (default: the shared data, or generated data)")
+    p.add_argument("--data", default=None, help="data file, or a data directory as the harness's --data (default: the shared data, or generated data)")
     p.add_argument("--dropout", action="store_true", help="cnn: dropout after fc1, as the PyTorch example")
     args = p.parse_args(argv)
 
