@@ -10,8 +10,10 @@
 // With AVX2 + FMA and without AVX-512, OpenBLAS runs its Haswell kernels,
 // which have no small-matrix path: for products of a few rows it packs both
 // operands on every call.  There a register-blocked kernel that reads B in
-// place does better (small_rows below); on AVX-512 CPUs OpenBLAS's SkylakeX
-// kernels include small-matrix ones, which beat it (benchmarks/NOTES.md).
+// place does better (small_rows below, measured on a Zen 3).  On AVX-512 CPUs
+// OpenBLAS's SkylakeX kernels have small-matrix paths, which beat a kernel of
+// our own (the packed-panel one of benchmarks/micro/) on a Sapphire Rapids;
+// this one was not measured there, so it stays compiled out.
 #if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
 #include <immintrin.h>
 #define LT_SMALL_ROWS_GEMM 1
@@ -31,7 +33,7 @@ constexpr int kMaxRows = 32;
 // C[MR, 8 NV] (+)= op(A)[MR, K] B[K, 8 NV] in 6 x 2 = 12 accumulators (enough
 // independent FMA chains to hide the FMA latency); the last of the NV column
 // vectors holds only the lanes set in `mask` when Masked.  Each element is one
-// FMA chain over k in order, as in OpenBLAS's kernel.
+// FMA chain over k in order.
 template <int MR, int NV, bool Masked>
 inline __attribute__((always_inline)) void block(int K, const float* A, long as_i, long as_k, const float* B, int ldb,
                                                  float* C, int ldc, bool accumulate, __m256i mask) {

@@ -112,14 +112,11 @@ inline void reduce_argmax(const T* x, int32_t* out, long outer, long n, long inn
 // y = softmax(x) or log_softmax(x) along the middle axis.  The sums are in
 // double (see reduce_sum); log_softmax is (x - max) - log(sum), so rounding
 // max + log(sum) first cannot swamp the result (at logits of 1e4 that lost
-// 4 digits).  Each kernel of this section is instantiated for `inner` = 1
-// (the softmax axis is the last: rows in memory order, which g++ vectorises
-// once it knows the stride) and for any other `inner`; never inlined: in a
-// long step body g++ stops inlining exp_f into them, which is then called
-// once per element instead of vectorised.
-template <bool Log, bool Rows>
-__attribute__((noinline)) void softmax_layout(const float* x, float* y, long outer, long n, long any_inner) {
-  const long inner = Rows ? 1 : any_inner;
+// 4 digits).  The kernels of this section are never inlined: inlined into a
+// long step body, g++ stopped inlining exp_f into them and called it once per
+// element instead of vectorising it (seen in the LSTM's profile).
+template <bool Log>
+__attribute__((noinline)) void softmax_any(const float* x, float* y, long outer, long n, long inner) {
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
       const float* src = x + o * n * inner + j;
@@ -137,23 +134,14 @@ __attribute__((noinline)) void softmax_layout(const float* x, float* y, long out
     }
 }
 
-template <bool Log>
-inline void softmax_any(const float* x, float* y, long outer, long n, long inner) {
-  if (inner == 1)
-    softmax_layout<Log, true>(x, y, outer, n, 1);
-  else
-    softmax_layout<Log, false>(x, y, outer, n, inner);
-}
-
 inline void softmax(const float* x, float* y, long outer, long n, long inner) { softmax_any<false>(x, y, outer, n, inner); }
 inline void log_softmax(const float* x, float* y, long outer, long n, long inner) { softmax_any<true>(x, y, outer, n, inner); }
 
 // dx += y * (dy - sum(dy * y)) (softmax) or dy - exp(y) * sum(dy) (log_softmax,
 // y its output); dx = ... when not `accumulate` (dx's first write).
-template <bool Log, bool Rows>
-__attribute__((noinline)) void softmax_backward_layout(const float* y, const float* dy, float* dx, long outer, long n, long any_inner,
-                                    bool accumulate) {
-  const long inner = Rows ? 1 : any_inner;
+template <bool Log>
+__attribute__((noinline)) void softmax_backward_any(const float* y, const float* dy, float* dx, long outer, long n,
+                                                    long inner, bool accumulate) {
   for (long o = 0; o < outer; ++o)
     for (long j = 0; j < inner; ++j) {
       const long base = o * n * inner + j;
@@ -170,15 +158,6 @@ __attribute__((noinline)) void softmax_backward_layout(const float* y, const flo
       else
         for (long i = 0; i < n; ++i) xb[i * inner] = grad(i);
     }
-}
-
-template <bool Log>
-inline void softmax_backward_any(const float* y, const float* dy, float* dx, long outer, long n, long inner,
-                                 bool accumulate) {
-  if (inner == 1)
-    softmax_backward_layout<Log, true>(y, dy, dx, outer, n, 1, accumulate);
-  else
-    softmax_backward_layout<Log, false>(y, dy, dx, outer, n, inner, accumulate);
 }
 
 inline void softmax_backward(const float* y, const float* dy, float* dx, long outer, long n, long inner,

@@ -229,8 +229,8 @@ class Renderer:
         element twice), an innermost loop of n > TAIL_BLOCK elements, n not a
         multiple of it, runs in blocks of TAIL_BLOCK, the last block moved
         back to end at n: every block is one vector iteration, where g++
-        would leave n mod 8 scalar iterations (two of the LSTM gates' 50, as
-        slow as the 48 vectorised: -21% on that loop, benchmarks/NOTES.md)."""
+        would leave n mod 8 scalar iterations (two of each row of the LSTM
+        gates' 50: the loop went 4.85 -> 3.85 us, benchmarks/NOTES.md)."""
         views = _views(m)
         shape, strides = _collapse(m.shape, [v.strides for v in views])
         stride_of = {id(v): st for v, st in zip(views, strides)}
@@ -374,8 +374,8 @@ def _is_float_sum(a, dst_strides) -> bool:
     return a.accumulate and a.dst.var.dtype == "float32" and any(s == 0 for s in dst_strides)
 
 
-# One vector iteration of an AVX2 loop over floats (codegen's overlapped
-# tail, `Emitter.loop`); with 512-bit vectors g++ still vectorises it (ymm).
+# One 256-bit vector of floats: the block of the overlapped tail
+# (`Renderer.loop`); measured with AVX2 only, not on an AVX-512 CPU.
 TAIL_BLOCK = 8
 
 # Most elements a sum's block of double accumulators may have (32 KB of stack).
