@@ -228,7 +228,15 @@ def render_module(programs: list[Program]) -> str:
             unoptimised=not p.deep and body.count("\n") > UNOPTIMISED_BODY_LINES,
         ))
     return _ENV.get_template("module.cpp.j2").render(
-        version=__version__, entries=entries, loop_functions=kernels.definitions)
+        version=__version__, entries=entries, loop_functions=kernels.definitions,
+        outer_logs=sorted({log for p in programs for log in outer_logs(p)}))
+
+
+def outer_logs(program: Program) -> set:
+    """The names of the weight-gradient logs (passes/defer_outer.py) the
+    program's scopes append to; the module declares each once."""
+    return {s.attrs["log"] for b in ir.blocks(program.body) for s in b.stmts
+            if isinstance(s, ir.Prim) and s.kind == "outer_log_start"}
 
 
 def output_layout(program: Program) -> list[tuple[tuple, str]]:

@@ -2,7 +2,11 @@
 CPUs without AVX-512, OpenBLAS elsewhere) against float64, over the shapes
 its blocking treats apart: rows in blocks of 6 and a remainder of 1-5, columns
 in panels of 16, one of 8, and a masked last one of 1-7; strided rows (slices
-of wider arrays), a transposed left operand, and sums into a gradient."""
+of wider arrays), a transposed left operand, and sums into a gradient.  The
+same for products with a transposed right operand (x W^T, `small_rows::gemm_bt`
+for few rows): rows in blocks of 2 or 4 and a remainder, columns of B^T in
+groups of 4, 2 and 1, depths with every remainder mod 8 (masked), and the
+shapes `takes_bt` sends to OpenBLAS instead."""
 # No `from __future__ import annotations`: the staged annotations use local sizes.
 
 import numpy as np
@@ -29,6 +33,26 @@ def products():
     return lt.compile(f)(a, b), a.astype(np.float64), b.astype(np.float64)
 
 
+# (rows, inner, columns) of A B^T (`lt.linear`, one row a gemv): rows 2-4 at
+# any depth; 5-24 rows at depth >= 64 (gemm_bt: blocks of 4 and a remainder
+# of 1-3) and below (OpenBLAS); 25+ rows (OpenBLAS)
+BT_SHAPES = [(1, 7, 5), (2, 8, 4), (2, 13, 7), (2, 1, 1), (3, 9, 6), (4, 300, 11), (4, 17, 3), (3, 300, 150),
+             (5, 64, 9), (6, 71, 13), (7, 99, 2), (9, 80, 1), (8, 200, 26), (8, 26, 200), (11, 150, 33),
+             (24, 96, 10), (23, 65, 31), (25, 100, 12), (7, 63, 5)]
+BT_A, BT_B = (32, 310), (160, 320)
+
+
+@pytest.fixture(scope="module")
+def bt_products():
+    def f(a: lt.Tensor[BT_A], b: lt.Tensor[BT_B]):
+        return [lt.linear(a[:m, :k], b[:n, :k]) for m, k, n in BT_SHAPES]
+
+    rng = np.random.default_rng(9)
+    a = rng.standard_normal(BT_A).astype(np.float32)
+    b = rng.standard_normal(BT_B).astype(np.float32)
+    return lt.compile(f)(a, b), a.astype(np.float64), b.astype(np.float64)
+
+
 U = 2.0 ** -24   # float32 unit round-off
 
 
@@ -52,6 +76,35 @@ def test_few_row_products_of_a_transposed_operand_match_float64(products, m, k, 
     (_, transposed), a, b = products
     index = [s for s in SHAPES if s[1] <= A_SHAPE[0]].index((m, k, n))
     _close(transposed[index], a[:k, :m].T @ b[:k, :n], k, np.abs(a[:k, :m].T) @ np.abs(b[:k, :n]))
+
+
+@pytest.mark.parametrize("m, k, n", BT_SHAPES)
+def test_few_row_products_of_a_transposed_right_operand_match_float64(bt_products, m, k, n):
+    got, a, b = bt_products
+    want = a[:m, :k] @ b[:n, :k].T
+    _close(got[BT_SHAPES.index((m, k, n))], want, k, np.abs(a[:m, :k]) @ np.abs(b[:n, :k].T))
+
+
+def test_input_gradients_summed_over_uses_match_float64():
+    """dx = g1 w1^T + g2 w2^T for x of 3 rows: products with a transposed
+    right operand, the second added into the first (beta = 1)."""
+    def loss(x, w1, w2):
+        return lt.sum(lt.tanh(x @ w1)) + lt.sum(lt.sigmoid(x @ w2))
+
+    f = lt.compile(lambda x, w1, w2: lt.grad(loss)(x, w1, w2))
+    rng = np.random.default_rng(10)
+    x, w1, w2 = (rng.standard_normal(s).astype(np.float32) for s in [(3, 70), (70, 45), (70, 131)])
+    got = f(x, w1, w2)
+    x, w1, w2 = (v.astype(np.float64) for v in (x, w1, w2))
+    y1, s2 = np.tanh(x @ w1), 1 / (1 + np.exp(-(x @ w2)))
+    g1, g2 = 1 - y1 ** 2, s2 * (1 - s2)
+    want = g1 @ w1.T + g2 @ w2.T
+    # As below: cotangents within 1e-6 of float64, then the two products'
+    # float32 bound over their 45 + 131 terms and the final sum's rounding.
+    abs_terms = np.abs(g1) @ np.abs(w1.T) + np.abs(g2) @ np.abs(w2.T)
+    bound = 1e-6 * (np.abs(w1.T).sum(0) + np.abs(w2.T).sum(0)) + (45 + 131 + 2) * U * abs_terms
+    err = np.abs(got - want)
+    assert (err <= bound).all(), f"worst error / bound {np.max(err / bound):.3g}"
 
 
 def test_weight_gradients_summed_over_uses_match_float64():

@@ -96,17 +96,20 @@ class Forest:
         self.kinds = np.array(kinds, np.int32)
         self.starts = np.array(starts, np.int32)
         self.sizes = np.array(lengths, np.int32)
-        # The chunks of one (kind, size) share a compiled backward, whose
-        # weight-gradient rows are logged over its calls and added in one
-        # product (passes/defer_outer.py): its first backward (the last such
-        # chunk: backward runs from the root down) starts the log afresh, its
-        # last (the first such chunk) adds it into the gradient.
+        # The weight-gradient rows of every chunk of a kind, whatever its
+        # size, are logged over the update and added in one product per
+        # weight (passes/defer_outer.py: a log per gradient, shared by the
+        # scopes of all sizes): the kind's first backward (its last chunk:
+        # backward runs from the root down) starts the logs afresh, its last
+        # (its first chunk) adds them into the gradients.  W_out's gradient is
+        # logged by both kinds; the inner chunks come after every leaf chunk,
+        # so their backward, which flushes it, ends before the leaves' starts.
         self.log_fresh = np.zeros(len(kinds), np.int32)
         self.log_flush = np.zeros(len(kinds), np.int32)
         first, last = {}, {}
-        for k, key in enumerate(zip(kinds, lengths)):
-            first.setdefault(key, k)
-            last[key] = k
+        for k, kind in enumerate(kinds):
+            first.setdefault(kind, k)
+            last[kind] = k
         self.log_fresh[list(last.values())] = 1
         self.log_flush[list(first.values())] = 1
 

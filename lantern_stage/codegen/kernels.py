@@ -150,7 +150,7 @@ def _dropout_mask(p: Prim) -> str:
 def _outer_log_start(p: Prim) -> str:
     a = p.attrs
     fresh = f", {val(p.ins[0])}" if p.ins else ""   # a bool: drop the rows of earlier calls
-    return f"static lt::OuterLog {a['log']}; {a['log']}.start({a['M']}, {a['N']}{fresh});"
+    return f"{a['log']}.start({a['M']}, {a['N']}{fresh});"   # declared by program.outer_logs
 
 
 def _outer_log_append(p: Prim) -> str:

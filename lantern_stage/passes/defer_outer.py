@@ -10,6 +10,13 @@ reads it) that receives more than one such update, or one inside a staged
 function or continuation (run many times), or any in a scope whose logs are
 kept over calls (below).
 
+A log belongs to its entry and gradient, not to one scope: every scope of the
+entry adding rows for the same gradient appends to the same log (declared at
+namespace scope in the module), so the level-batched TreeLSTM's chunk sizes,
+each a scope of its own, add their rows for U in one product per update
+instead of one per size.  Flushing empties a log; `logs_fresh` drops rows left
+by a call that did not finish.
+
 An accumulating train step (lt.train_step(accumulate=K)) sets the scope's
 `logs_fresh` / `logs_flush`: the logs keep their rows over the K calls and
 the K-th call flushes them, so the K calls' weight gradients are one gemm
@@ -46,11 +53,11 @@ def defer_outer_products(program) -> None:
         for stmt in block.stmts:
             out.append(stmt)
             if isinstance(stmt, ir.Nested) and stmt.accumulators:
-                out[-1:] = _defer(stmt)
+                out[-1:] = _defer(program, stmt)
         block.stmts = out
 
 
-def _defer(scope: ir.Nested) -> list:
+def _defer(program, scope: ir.Nested) -> list:
     targets = {id(v): v for v in scope.accumulators if len(v.shape) == 2}
     across_calls = scope.logs_fresh is not None
     uses: dict = {}  # target id -> list of (block, prim, repeated)
@@ -67,7 +74,7 @@ def _defer(scope: ir.Nested) -> list:
         if len(found) < 2 and not any(rep for _, _, rep in found) and not across_calls:
             continue
         dw = targets[tid]
-        log = f"log_{dw.name}"
+        log = f"log_{program.c_name}_{dw.name}"
         m, n = dw.shape
         fresh = [scope.logs_fresh] if scope.logs_fresh is not None else []
         before.append(ir.Prim("outer_log_start", [], fresh, {"log": log, "M": m, "N": n}))
