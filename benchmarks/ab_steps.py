@@ -1,4 +1,4 @@
-"""Interleaved A/B of the paper models' training-step times between source trees.
+"""Interleaved A/B of the benchmark models' training-step times between source trees.
 
     python -m benchmarks.ab_steps A=/path/to/main B=/path/to/branch [--rounds 5] [--cpu 1]
 
@@ -24,7 +24,8 @@ import sys
 
 import numpy as np
 
-STEPS = {"rnn": 400, "lstm": 400, "cnn": 40, "treelstm": 300, "treelstm_mb25": 12}   # mb25: 12 updates of 25 trees
+STEPS = {"rnn": 400, "lstm": 400, "cnn": 40, "treelstm": 300, "treelstm_mb25": 12,   # mb25: 12 updates of 25 trees
+         "transformer": 40, "pinn": 60}
 
 WORKER = r"""
 import importlib, json, os, sys

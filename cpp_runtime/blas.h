@@ -312,8 +312,13 @@ class OuterLog {
     std::memcpy(b_.data() + static_cast<std::size_t>(rows_) * N_, b, sizeof(float) * rows * N_);
     rows_ += rows;
   }
-  void flush(float* C) {
-    if (rows_) gemm(true, false, M_, N_, rows_, a_.data(), b_.data(), C, 1.0f);
+  // C += A^T B, or C = A^T B when not `accumulate` (C all zeros if no rows
+  // were logged: the first write of a gradient that was not zero-filled).
+  void flush(float* C, bool accumulate = true) {
+    if (rows_)
+      gemm(true, false, M_, N_, rows_, a_.data(), b_.data(), C, accumulate ? 1.0f : 0.0f);
+    else if (!accumulate)
+      std::memset(C, 0, sizeof(float) * static_cast<std::size_t>(M_) * N_);
     rows_ = 0;
   }
 

@@ -158,7 +158,7 @@ def _outer_log_append(p: Prim) -> str:
 
 
 def _outer_log_flush(p: Prim) -> str:
-    flush = f"{p.attrs['log']}.flush({ptr(p.outs[0])});"
+    flush = f"{p.attrs['log']}.flush({ptr(p.outs[0])}{'' if p.accumulate else ', false'});"
     return f"if ({val(p.ins[0])}) {flush}" if p.ins else flush   # ins: a bool, flush now
 
 

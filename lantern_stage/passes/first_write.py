@@ -1,8 +1,9 @@
 """Assign instead of zero-filling and accumulating: backward code adds into
 zeroed gradient buffers; where the first statement to touch a zeroed buffer
 writes every element of it (an elementwise `+=` over its whole extent, in
-any order, a gemm/gemv/dot with beta = 1, (log_)softmax's backward kernel, or a
-batched gemm whose blocks cover the buffer once), it may assign instead
+any order, a gemm/gemv/dot with beta = 1, (log_)softmax's backward kernel, a
+batched gemm whose blocks cover the buffer once, or the unconditional flush of
+a deferred weight gradient's log), it may assign instead
 (beta = 0) and the buffer needs no zero fill.  It runs again after fusion,
 when one loop's `+=`s into disjoint blocks of a buffer (each gate's gradient
 into its columns of the gates' gradient) may cover it together."""
@@ -65,7 +66,9 @@ def _writes_all_first(stmt, var, buffers) -> bool:
         if not (stmt.accumulate and len(stmt.outs) == 1 and whole(stmt.outs[0])
                 and all(buffers.of(v)[0] is not var for v in stmt.ins)):
             return False
-        if stmt.kind in _ASSIGNABLE or stmt.kind == "batched_gemm" and bmm_covers_output(stmt.attrs, var.size):
+        # A log's flush assigns only when it always runs (no `logs_flush` flag).
+        if (stmt.kind in _ASSIGNABLE or stmt.kind == "batched_gemm" and bmm_covers_output(stmt.attrs, var.size)
+                or stmt.kind == "outer_log_flush" and not stmt.ins):
             stmt.accumulate = False
             return True
         return False
