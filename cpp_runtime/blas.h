@@ -103,10 +103,84 @@ inline void panel(int M, int K, const float* A, long as_i, long as_k, const floa
   }
 }
 
+// C[MR, N] (+)= op(A)[MR, K] B[K, N] for MR <= kStreamRows rows and a deep K
+// (a chunk of few rows times a weight matrix: the input gradient dZ U).
+// Panels read B down all K rows 16 columns at a time, ldb floats apart,
+// which for one pass over a matrix bigger than L2 ran at about a third of
+// the bandwidth of reading it in order; here B's rows are read in order, KB
+// at a time, into MR rows of sums held in L1 (kStreamCols columns at a time).
+// Each element is one FMA chain over k in order from zero, added to C when
+// accumulating: the same sums as block()'s.
+constexpr int kStreamRows = 4;
+constexpr int kStreamMinDepth = 128;
+constexpr int kStreamCols = 512;
+
+template <int MR>
+inline void stream_rows(int N, int K, const float* A, long as_i, long as_k, const float* B, int ldb, float* C, int ldc,
+                        bool accumulate) {
+  constexpr int KB = 4;  // rows of B per pass over the sums (2 for 3-4 rows, fewer broadcasts held: slower)
+  alignas(32) float sums[MR][kStreamCols];
+  for (int j0 = 0; j0 < N; j0 += kStreamCols) {
+    const int n = N - j0 < kStreamCols ? N - j0 : kStreamCols;
+    const int n8 = n & ~7;
+    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - n8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const int width = n8 < n ? n8 + 8 : n8;  // the masked last vector's lanes past n stay zero
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < width; v += 8) _mm256_store_ps(&sums[r][v], _mm256_setzero_ps());
+    const float* b = B + j0;
+    int k = 0;
+    for (; k + KB <= K; k += KB, b += static_cast<long>(KB) * ldb) {
+      __m256 a[MR][KB];
+      for (int r = 0; r < MR; ++r)
+        for (int t = 0; t < KB; ++t) a[r][t] = _mm256_broadcast_ss(A + r * as_i + (k + t) * as_k);
+      for (int v = 0; v < width; v += 8) {
+        __m256 row[KB];
+        for (int t = 0; t < KB; ++t)
+          row[t] = v < n8 ? _mm256_loadu_ps(b + static_cast<long>(t) * ldb + v)
+                          : _mm256_maskload_ps(b + static_cast<long>(t) * ldb + v, mask);
+        for (int r = 0; r < MR; ++r) {
+          __m256 s = _mm256_load_ps(&sums[r][v]);
+          for (int t = 0; t < KB; ++t) s = _mm256_fmadd_ps(a[r][t], row[t], s);
+          _mm256_store_ps(&sums[r][v], s);
+        }
+      }
+    }
+    for (; k < K; ++k, b += ldb) {
+      for (int r = 0; r < MR; ++r) {
+        const __m256 a = _mm256_broadcast_ss(A + r * as_i + k * as_k);
+        for (int v = 0; v < width; v += 8) {
+          const __m256 row = v < n8 ? _mm256_loadu_ps(b + v) : _mm256_maskload_ps(b + v, mask);
+          _mm256_store_ps(&sums[r][v], _mm256_fmadd_ps(a, row, _mm256_load_ps(&sums[r][v])));
+        }
+      }
+    }
+    for (int r = 0; r < MR; ++r) {
+      float* c = C + static_cast<long>(r) * ldc + j0;
+      for (int v = 0; v < n8; v += 8) {
+        const __m256 s = _mm256_load_ps(&sums[r][v]);
+        _mm256_storeu_ps(c + v, accumulate ? _mm256_add_ps(_mm256_loadu_ps(c + v), s) : s);
+      }
+      if (n8 < n) {
+        const __m256 s = _mm256_load_ps(&sums[r][n8]);
+        _mm256_maskstore_ps(c + n8, mask, accumulate ? _mm256_add_ps(_mm256_maskload_ps(c + n8, mask), s) : s);
+      }
+    }
+  }
+}
+
 // C[M,N] (+)= op(A) B, B not transposed (rows of N contiguous floats).
 inline void gemm(bool ta, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                  bool accumulate) {
   const long as_i = ta ? 1 : lda, as_k = ta ? lda : 1;
+  if (M <= kStreamRows && K >= kStreamMinDepth) {
+    switch (M) {
+      case 1: stream_rows<1>(N, K, A, as_i, as_k, B, ldb, C, ldc, accumulate); return;
+      case 2: stream_rows<2>(N, K, A, as_i, as_k, B, ldb, C, ldc, accumulate); return;
+      case 3: stream_rows<3>(N, K, A, as_i, as_k, B, ldb, C, ldc, accumulate); return;
+      case 4: stream_rows<4>(N, K, A, as_i, as_k, B, ldb, C, ldc, accumulate); return;
+      default: break;
+    }
+  }
   const __m256i none = _mm256_setzero_si256();
   int j = 0;
   for (; j + 16 <= N; j += 16) panel<2, false>(M, K, A, as_i, as_k, B + j, ldb, C + j, ldc, accumulate, none);

@@ -6,7 +6,8 @@ of wider arrays), a transposed left operand, and sums into a gradient.  The
 same for products with a transposed right operand (x W^T, `small_rows::gemm_bt`
 for few rows): rows in blocks of 2 or 4 and a remainder, columns of B^T in
 groups of 4, 2 and 1, depths with every remainder mod 8 (masked), and the
-shapes `takes_bt` sends to OpenBLAS instead."""
+shapes `takes_bt` sends to OpenBLAS instead.  And deep products of at most
+4 rows (`small_rows::stream_rows`)."""
 # No `from __future__ import annotations`: the staged annotations use local sizes.
 
 import numpy as np
@@ -53,6 +54,28 @@ def bt_products():
     return lt.compile(f)(a, b), a.astype(np.float64), b.astype(np.float64)
 
 
+# (rows, inner, columns) of deep products of at most 4 rows (small_rows::stream_rows:
+# depth >= 128, every depth remainder mod 4, columns past one 512-wide block of
+# sums, masked tails), and the shapes next to its bounds that take the panels
+STREAM_SHAPES = [(1, 128, 300), (2, 129, 7), (3, 130, 513), (4, 131, 1030), (4, 750, 300), (1, 200, 8),
+                 (2, 515, 520), (3, 128, 1), (4, 127, 64), (5, 200, 40)]
+STREAM_A, STREAM_B = (8, 760), (760, 1040)
+
+
+@pytest.fixture(scope="module")
+def stream_products():
+    def f(a: lt.Tensor[STREAM_A], at: lt.Tensor[STREAM_A[::-1]], b: lt.Tensor[STREAM_B]):
+        plain = [a[:m, :k] @ b[:k, :n] for m, k, n in STREAM_SHAPES]
+        transposed = [lt.transpose(at[:k, :m]) @ b[:k, :n] for m, k, n in STREAM_SHAPES]
+        return plain, transposed
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal(STREAM_A).astype(np.float32)
+    at = rng.standard_normal(STREAM_A[::-1]).astype(np.float32)
+    b = rng.standard_normal(STREAM_B).astype(np.float32)
+    return lt.compile(f)(a, at, b), a.astype(np.float64), at.astype(np.float64), b.astype(np.float64)
+
+
 U = 2.0 ** -24   # float32 unit round-off
 
 
@@ -83,6 +106,37 @@ def test_few_row_products_of_a_transposed_right_operand_match_float64(bt_product
     got, a, b = bt_products
     want = a[:m, :k] @ b[:n, :k].T
     _close(got[BT_SHAPES.index((m, k, n))], want, k, np.abs(a[:m, :k]) @ np.abs(b[:n, :k].T))
+
+
+@pytest.mark.parametrize("m, k, n", STREAM_SHAPES)
+def test_deep_products_of_few_rows_match_float64(stream_products, m, k, n):
+    (plain, transposed), a, at, b = stream_products
+    i = STREAM_SHAPES.index((m, k, n))
+    _close(plain[i], a[:m, :k] @ b[:k, :n], k, np.abs(a[:m, :k]) @ np.abs(b[:k, :n]))
+    _close(transposed[i], at[:k, :m].T @ b[:k, :n], k, np.abs(at[:k, :m].T) @ np.abs(b[:k, :n]))
+
+
+def test_deep_weight_gradients_of_few_rows_summed_over_uses_match_float64():
+    """dW = x1^T g1 + x2^T g2 for W of 3 rows and batches of 200 and 150: deep
+    products of few rows with a transposed left operand, the second added
+    into the first (beta = 1)."""
+    def loss(w, x1, x2):
+        return lt.sum(lt.tanh(x1 @ w)) + lt.sum(lt.sigmoid(x2 @ w))
+
+    f = lt.compile(lambda w, x1, x2: lt.grad(loss)(w, x1, x2))
+    rng = np.random.default_rng(12)
+    w, x1, x2 = (rng.standard_normal(s).astype(np.float32) for s in [(3, 37), (200, 3), (150, 3)])
+    got = f(w, x1, x2)
+    w, x1, x2 = (v.astype(np.float64) for v in (w, x1, x2))
+    y1, s2 = np.tanh(x1 @ w), 1 / (1 + np.exp(-(x2 @ w)))
+    g1, g2 = 1 - y1 ** 2, s2 * (1 - s2)
+    want = x1.T @ g1 + x2.T @ g2
+    # as in the test below: cotangents within 1e-6 of float64, then the two
+    # products' float32 bound over their 200 + 150 terms and the final sum's rounding
+    abs_terms = np.abs(x1.T) @ np.abs(g1) + np.abs(x2.T) @ np.abs(g2)
+    bound = 1e-6 * (np.abs(x1.T).sum(1, keepdims=True) + np.abs(x2.T).sum(1, keepdims=True)) + (350 + 2) * U * abs_terms
+    err = np.abs(got - want)
+    assert (err <= bound).all(), f"worst error / bound {np.max(err / bound):.3g}"
 
 
 def test_input_gradients_summed_over_uses_match_float64():
