@@ -8,11 +8,14 @@ running one after the other: every buffer one writes and the other touches
 is touched through the very same view (same elements in the same order),
 and no such write is a reduction (a zero stride: many indices, one element)
 - or the two views share no element at all (the backward of `split` adds
-each gate's gradient into its own column block of one buffer).  Allocations
-between the maps do not get in the way, nor does a kernel call (`Prim`)
-that touches nothing the grown map writes and writes nothing it reads: the
-map moves down past it (an LSTM's two bias additions around its input
-product become one loop, and so do its two bias-gradient sums).
+each gate's gradient into its own column block of one buffer).  The maps
+need not be adjacent: a map moves down to a later one past allocations, past
+kernel calls (`Prim`) that touch nothing it writes and write nothing it
+reads (an LSTM's two bias additions around its input product become one
+loop, and so do its two bias-gradient sums), and past maps of other shapes
+with which it shares no written buffer (an optimiser's scaling of each
+gradient, its update and the gradient's reset, staged parameter after
+parameter, become one loop per parameter).
 """
 from __future__ import annotations
 
@@ -100,30 +103,50 @@ def fuse_elementwise(program) -> None:
     _promote(program, buffers)
 
 
+# How many earlier maps a map may still join (the most recent ones): bounds
+# the pass's work on long unrolled blocks (the LSTM's ~3,500 statements).
+OPEN_MAPS = 16
+
+
 def _fuse_block(stmts, buffers):
     out = []
-    group = None  # index in `out` of the Map being grown
-    group_accesses = []
+    # [map, its accesses] of the maps a later map may join: each commutes with
+    # every statement after it in `out`, so it can move down to that map
+    open_maps = []
     for stmt in stmts:
         if isinstance(stmt, ir.Map):
             accesses = _accesses(stmt, buffers)
-            if group is not None and _compatible(out[group], stmt, group_accesses, accesses):
-                # Move the grown map down to here, after the allocations between.
-                grown = out.pop(group)
+            target = next((g for g in reversed(open_maps) if _compatible(g[0], stmt, g[1], accesses)), None)
+            if target is not None:
+                # Move the grown map down to here, past the statements between.
+                grown = target[0]
+                del out[next(i for i, x in enumerate(out) if x is grown)]
                 grown.assigns.extend(stmt.assigns)
                 out.append(grown)
-                group = len(out) - 1
-                group_accesses = group_accesses + accesses
+                open_maps = [g for g in open_maps if g is not target and _commute(accesses, g[1])]
+                open_maps.append([grown, target[1] + accesses])
                 continue
             out.append(stmt)
-            group = len(out) - 1
-            group_accesses = accesses
+            open_maps = [g for g in open_maps if _commute(accesses, g[1])][-(OPEN_MAPS - 1):]
+            open_maps.append([stmt, accesses])
         else:
             out.append(stmt)
-            if not isinstance(stmt, (ir.Alloc, ir.Alias, ir.Comment)) and not (
-                    isinstance(stmt, ir.Prim) and _independent(stmt, group_accesses, buffers)):
-                group = None
+            if isinstance(stmt, (ir.Alloc, ir.Alias, ir.Comment)):
+                continue
+            if isinstance(stmt, ir.Prim):
+                open_maps = [g for g in open_maps if _independent(stmt, g[1], buffers)]
+            else:
+                open_maps = []
     return out
+
+
+def _commute(accesses, other) -> bool:
+    """Two maps with these accesses may run in either order: neither writes a
+    buffer the other touches."""
+    touched = {root for root, _, _, _ in accesses}
+    other_touched = {root for root, _, _, _ in other}
+    return not ({root for root, _, w, _ in accesses if w} & other_touched
+                or {root for root, _, w, _ in other if w} & touched)
 
 
 def _independent(prim: ir.Prim, accesses, buffers) -> bool:
