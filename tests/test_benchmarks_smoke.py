@@ -193,14 +193,40 @@ def test_lantern_minibatched_treelstm_agrees_with_pytorch():
         batches = data.model_data(cfg).batches()
         got = [trainer.step(trainer.prepare(next(batches)))]
         assert_first_mb25_update_within_round_off(trainer.weights())
+        if trainer is levels:
+            # each chunk's forward starts its state-gradient rows at zero: what
+            # an earlier update left in them (here NaN) is never read
+            levels.dh[:], levels.dc[:] = np.nan, np.nan
         got += [trainer.step(trainer.prepare(next(batches))) for _ in range(2)]
         np.testing.assert_allclose(got, ref, rtol=1e-4)
         with pytest.raises(ValueError, match="a minibatch has 25 trees"):
             trainer.step(data.load_trees()[:3])
     assert accumulating.train_step.pending == 0
-    # what the level-batched step accumulates in (weight gradients, state-gradient
-    # rows) is emptied by the update: the next minibatch starts from zero
-    assert not any(g.any() for g in levels.grads + [levels.dh, levels.dc])
+    # the weight gradients the level-batched step accumulates in are emptied by
+    # the update: the next minibatch starts from zero
+    assert not any(g.any() for g in levels.grads)
+
+
+def test_lantern_level_batched_single_trees_train_as_the_recursion():
+    """The batch-1 TreeLSTM's two lantern_stage formulations, which the harness
+    times side by side: the recursion over the nodes and the level-batched
+    forest of one tree (chunks of 8, 4, 2 and 1 rows) give the same losses and
+    weights over 30 updates, up to float32 summation order."""
+    from benchmarks.frameworks import lantern
+    from benchmarks.models import treelstm_mb25
+    cfg = spec.make_config("treelstm")
+    variants = lantern.variants("treelstm")
+    assert list(variants) == ["recursive", "level-batched"] and lantern.variants("treelstm_mb25") == {}
+    runs = []
+    for build in variants.values():
+        trainer = build("treelstm", weights.init_weights(cfg), cfg)
+        batches = data.model_data(cfg).batches()
+        runs.append(([trainer.step(trainer.prepare(next(batches))) for _ in range(30)], trainer.weights()))
+    (rec_losses, rec_w), (lev_losses, lev_w) = runs
+    np.testing.assert_allclose(lev_losses, rec_losses, rtol=1e-5)
+    assert weights.max_rel_diff(lev_w, rec_w) < 1e-4
+    with pytest.raises(ValueError, match="one tree per update"):
+        treelstm_mb25.build_per_tree(weights.init_weights(cfg), spec.make_config("treelstm_mb25"))
 
 
 def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():

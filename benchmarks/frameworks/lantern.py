@@ -60,3 +60,19 @@ def build(model, weights, cfg):
     if not hasattr(module, "build"):
         raise Unsupported(f"{module.__name__} has no build(weights, cfg)")
     return module.build(weights, cfg)
+
+
+def build_level_batched(model, weights, cfg):
+    from benchmarks.models.treelstm_mb25 import build_per_tree
+    return build_per_tree(weights, cfg)
+
+
+def variants(model, **_) -> dict:
+    """Formulations timed side by side (label -> build); the faster counts as
+    lantern_stage's time.  The batch-1 TreeLSTM as the paper's recursion over
+    the nodes and level-batched (the tree's nodes of equal height in chunks,
+    `benchmarks.models.treelstm_mb25.build_per_tree`): what DyNet's autobatching
+    finds at run time and the TF and JAX twins are written as."""
+    if model == "treelstm":
+        return {"recursive": build, "level-batched": build_level_batched}
+    return {}

@@ -36,6 +36,10 @@ whole 750 x 300 (or 450 x 300) matrix.  What this does not do: find the
 batching itself from the batch-1 `@lt.recursive` model (a compile-time
 autobatching of structural recursion: the design is in benchmarks/NOTES.md,
 "Minibatched TreeLSTM"); the cell is written over rows here, as for TF and JAX.
+
+`build_per_tree` trains the batch-1 model (one update per tree) the same way,
+as a forest of one tree: the harness times it beside the recursion over the
+nodes and counts the faster.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ import lantern_stage as lt
 from lantern_stage.autodiff import value_and_grad_into
 from lantern_stage.ops.registry import as_rep
 
+from benchmarks.data import Tree
 from benchmarks.frameworks.tree_schedule import level_schedule
 from benchmarks.models.treelstm import TreeLSTM, tree_step
 
@@ -55,6 +60,9 @@ from benchmarks.models.treelstm import TreeLSTM, tree_step
 # 1 among them every level is covered exactly; powers of 4 keep the number of
 # chunks per level small (at most 3 per size) and the compiled variants few.
 CHUNK_SIZES = (64, 16, 4, 1)
+# A single tree's levels have 1.85 inner nodes on average (SST dev: 18.3 over
+# 9.9 levels): chunks of 8, 4, 2 and 1 (benchmarks/NOTES.md, session 8).
+TREE_CHUNK_SIZES = (8, 4, 2, 1)
 LEAF, INNER = 0, 1
 
 
@@ -138,11 +146,15 @@ def inner_rows(w, hl, cl, hr, cr, labels, hidden):
 
 
 class LevelBatchedTrainer:
-    """The harness's trainer interface: a batch is a list of trees, one update
-    (Adagrad with the mean of the trees' gradients; the loss returned is the
-    mean of the trees' summed node losses, as `build_accumulating`'s)."""
+    """The harness's trainer interface: a batch is a list of `cfg.batch` trees
+    (or, when that is 1, one tree), one update (Adagrad with the mean of the
+    trees' gradients; the loss returned is the mean of the trees' summed node
+    losses, as `build_accumulating`'s).  `sizes` defaults to CHUNK_SIZES for
+    minibatches and TREE_CHUNK_SIZES for single trees."""
 
-    def __init__(self, model: TreeLSTM, cfg, capacity: int = 4096, sizes: Sequence[int] = CHUNK_SIZES):
+    def __init__(self, model: TreeLSTM, cfg, capacity: int = 4096, sizes: Sequence[int] | None = None):
+        if sizes is None:
+            sizes = CHUNK_SIZES if cfg.batch > 1 else TREE_CHUNK_SIZES
         self.model, self.cfg, self.capacity, self.sizes = model, cfg, capacity, tuple(sizes)
         H = model.hidden
         self.h, self.c, self.dh, self.dc = (np.zeros((capacity, H), np.float32) for _ in range(4))
@@ -176,6 +188,11 @@ class LevelBatchedTrainer:
             h, c, loss = cell(weights, kids)
             lt.assign(self.h, h, index=rows)
             lt.assign(self.c, c, index=rows)
+            # The parents' backward (inside `rest`) adds into these rows: start
+            # them at zero here, so that no update has to clear all `capacity`
+            # rows (4.9 MB for 4096) for the next
+            lt.assign(self.dh, lt.zeros((B, H)), index=rows)
+            lt.assign(self.dc, lt.zeros((B, H)), index=rows)
             rest = run(k + 1, w)
             dh, dc = lt.embedding(self.dh, rows), lt.embedding(self.dc, rows)
 
@@ -214,11 +231,13 @@ class LevelBatchedTrainer:
         total = run(0, [m.W_leaf, m.b_leaf, m.U, m.b_inner, m.W_out, m.b_out])
         scale = 1.0 / self.per_update
         self.opt.update([as_rep(g) * scale for g in self.grads])
-        for a in self.grads + [self.dh, self.dc]:
+        for a in self.grads:
             lt.assign(a, 0.0)
         return total * scale
 
     def prepare(self, trees) -> Forest:
+        if self.per_update == 1 and isinstance(trees, Tree):
+            trees = [trees]
         if len(trees) != self.per_update:
             raise ValueError(f"a minibatch has {self.per_update} trees (one update), got {len(trees)}")
         forest = Forest(trees, self.sizes)
@@ -269,6 +288,18 @@ class MinibatchTrainer:
 
 def build_accumulating(weights, cfg) -> MinibatchTrainer:
     return MinibatchTrainer(*tree_step(weights, cfg, accumulate=cfg.batch, name="treelstm_mb25_step"))
+
+
+def build_per_tree(weights, cfg) -> LevelBatchedTrainer:
+    """The batch-1 TreeLSTM (`benchmarks.models.treelstm`: one update per tree)
+    level-batched: a forest of one tree, the nodes of a level in chunks of
+    TREE_CHUNK_SIZES rows.  The harness times it beside the recursion over the
+    nodes (`benchmarks.frameworks.lantern.variants`); the faster counts."""
+    if cfg.batch != 1:
+        raise ValueError(f"build_per_tree trains one tree per update, not {cfg.batch}")
+    model = TreeLSTM(cfg.embedding, cfg.hidden, cfg.classes)
+    model.load_state_dict(weights)
+    return LevelBatchedTrainer(model, cfg)
 
 
 def build(weights, cfg) -> LevelBatchedTrainer:
