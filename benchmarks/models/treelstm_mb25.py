@@ -57,9 +57,12 @@ from benchmarks.frameworks.tree_schedule import level_schedule
 from benchmarks.models.treelstm import TreeLSTM, tree_step
 
 # Chunk sizes a level is cut into; the cell is compiled once per size.  With
-# 1 among them every level is covered exactly; powers of 4 keep the number of
-# chunks per level small (at most 3 per size) and the compiled variants few.
-CHUNK_SIZES = (64, 16, 4, 1)
+# 1 among them every level is covered exactly; each size divides the one
+# before, so a level takes any number of 48-row chunks, at most 2 of 16 and one
+# each of 8, 4, 2 and 1 rows.  (48, 16, 8, 4, 2, 1) against (64, 16, 4, 1):
+# fewer rows in the matrix-vector-like chunks of 1 and 4 rows, ~6% less time
+# per update (benchmarks/NOTES.md, session 8).
+CHUNK_SIZES = (48, 16, 8, 4, 2, 1)
 # A single tree's levels have 1.85 inner nodes on average (SST dev: 18.3 over
 # 9.9 levels): chunks of 8, 4, 2 and 1 (benchmarks/NOTES.md, session 8).
 TREE_CHUNK_SIZES = (8, 4, 2, 1)
