@@ -1,4 +1,4 @@
-"""Elementwise fusion: consecutive `Map`s over the same index space become
+"""Elementwise fusion: `Map`s over the same index space become
 one loop, forward and backward alike; a value one of them computes and a
 later one reads is kept in a register (`Let`), and its buffer disappears when
 nothing else reads it.
