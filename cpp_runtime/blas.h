@@ -45,6 +45,11 @@ constexpr int kMinDepthBt = 64;
 
 inline bool takes_bt(int M, int K) { return M <= kFewRowsBt || (M <= kMaxRowsBt && K >= kMinDepthBt); }
 
+// The mask of a vector's first n lanes (n in 0..8), for masked loads and stores.
+inline __m256i first_lanes(int n) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
 // C[MR, 8 NV] (+)= op(A)[MR, K] B[K, 8 NV] in 6 x 2 = 12 accumulators (enough
 // independent FMA chains to hide the FMA latency); the last of the NV column
 // vectors holds only the lanes set in `mask` when Masked.  Each element is one
@@ -123,7 +128,7 @@ inline void stream_rows(int N, int K, const float* A, long as_i, long as_k, cons
   for (int j0 = 0; j0 < N; j0 += kStreamCols) {
     const int n = N - j0 < kStreamCols ? N - j0 : kStreamCols;
     const int n8 = n & ~7;
-    const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - n8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i mask = first_lanes(n - n8);
     const int width = n8 < n ? n8 + 8 : n8;  // the masked last vector's lanes past n stay zero
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < width; v += 8) _mm256_store_ps(&sums[r][v], _mm256_setzero_ps());
@@ -189,7 +194,7 @@ inline void gemm(bool ta, int M, int N, int K, const float* A, int lda, const fl
     j += 8;
   }
   if (j < N) {
-    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(N - j), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i lanes = first_lanes(N - j);
     panel<1, true>(M, K, A, as_i, as_k, B + j, ldb, C + j, ldc, accumulate, lanes);
   }
 }
@@ -280,7 +285,7 @@ inline void dot_columns(int M, int K, const float* A, int lda, const float* B, i
 // chains at least), two for more.
 inline void gemm_bt(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc,
                     bool accumulate) {
-  const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(K % 8), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  const __m256i tail = first_lanes(K % 8);
   int j = 0;
   if (M <= 2)
     for (; j + 4 <= N; j += 4) dot_columns<4>(M, K, A, lda, B + static_cast<long>(j) * ldb, ldb, C + j, ldc, accumulate, tail);

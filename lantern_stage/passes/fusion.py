@@ -108,54 +108,61 @@ def fuse_elementwise(program) -> None:
 OPEN_MAPS = 16
 
 
+class _OpenMap:
+    """A map a later map may still join, at `out[index]`: it commutes with
+    every statement after it in `out`, so it can move down to that map.
+    `touched` and `written` are the root buffers of its accesses."""
+
+    def __init__(self, index: int, stmt: ir.Map, accesses):
+        self.index, self.map, self.accesses = index, stmt, list(accesses)
+        self.touched, self.written = _roots(accesses)
+
+    def grow(self, accesses) -> None:
+        self.accesses += accesses
+        touched, written = _roots(accesses)
+        self.touched |= touched
+        self.written |= written
+
+    def commutes_with(self, touched, written) -> bool:
+        """It may run after a statement with this footprint instead of before."""
+        return not (written & self.touched or self.written & touched)
+
+
+def _roots(accesses):
+    return {a[0] for a in accesses}, {a[0] for a in accesses if a[2]}
+
+
 def _fuse_block(stmts, buffers):
-    out = []
-    # [map, its accesses] of the maps a later map may join: each commutes with
-    # every statement after it in `out`, so it can move down to that map
+    out = []  # a map that moved down leaves None behind
     open_maps = []
     for stmt in stmts:
         if isinstance(stmt, ir.Map):
             accesses = _accesses(stmt, buffers)
-            target = next((g for g in reversed(open_maps) if _compatible(g[0], stmt, g[1], accesses)), None)
+            footprint = _roots(accesses)
+            target = next((g for g in reversed(open_maps) if _compatible(g.map, stmt, g.accesses, accesses)), None)
             if target is not None:
                 # Move the grown map down to here, past the statements between.
-                grown = target[0]
-                del out[next(i for i, x in enumerate(out) if x is grown)]
-                grown.assigns.extend(stmt.assigns)
-                out.append(grown)
-                open_maps = [g for g in open_maps if g is not target and _commute(accesses, g[1])]
-                open_maps.append([grown, target[1] + accesses])
+                out[target.index] = None
+                target.map.assigns.extend(stmt.assigns)
+                target.index = len(out)
+                out.append(target.map)
+                target.grow(accesses)
+                open_maps = [g for g in open_maps if g is not target and g.commutes_with(*footprint)] + [target]
                 continue
+            open_maps = [g for g in open_maps if g.commutes_with(*footprint)][-(OPEN_MAPS - 1):]
+            open_maps.append(_OpenMap(len(out), stmt, accesses))
             out.append(stmt)
-            open_maps = [g for g in open_maps if _commute(accesses, g[1])][-(OPEN_MAPS - 1):]
-            open_maps.append([stmt, accesses])
         else:
             out.append(stmt)
             if isinstance(stmt, (ir.Alloc, ir.Alias, ir.Comment)):
                 continue
             if isinstance(stmt, ir.Prim):
-                open_maps = [g for g in open_maps if _independent(stmt, g[1], buffers)]
+                reads = {id(buffers.of(v)[0]) for v in stmt.reads()}
+                writes = {id(buffers.of(v)[0]) for v in stmt.writes()}
+                open_maps = [g for g in open_maps if g.commutes_with(reads | writes, writes)]
             else:
                 open_maps = []
-    return out
-
-
-def _commute(accesses, other) -> bool:
-    """Two maps with these accesses may run in either order: neither writes a
-    buffer the other touches."""
-    touched = {root for root, _, _, _ in accesses}
-    other_touched = {root for root, _, _, _ in other}
-    return not ({root for root, _, w, _ in accesses if w} & other_touched
-                or {root for root, _, w, _ in other if w} & touched)
-
-
-def _independent(prim: ir.Prim, accesses, buffers) -> bool:
-    """The map with these accesses may run after `prim` instead of before."""
-    touched = {root for root, _, _, _ in accesses}
-    written = {root for root, _, is_write, _ in accesses if is_write}
-    prim_writes = {id(buffers.of(v)[0]) for v in prim.writes()}
-    prim_reads = {id(buffers.of(v)[0]) for v in prim.reads()}
-    return not (prim_writes & touched or prim_reads & written)
+    return [stmt for stmt in out if stmt is not None]
 
 
 def _accesses(m: ir.Map, buffers):
