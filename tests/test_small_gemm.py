@@ -116,29 +116,6 @@ def test_deep_products_of_few_rows_match_float64(stream_products, m, k, n):
     _close(transposed[i], at[:k, :m].T @ b[:k, :n], k, np.abs(at[:k, :m].T) @ np.abs(b[:k, :n]))
 
 
-def test_deep_weight_gradients_of_few_rows_summed_over_uses_match_float64():
-    """dW = x1^T g1 + x2^T g2 for W of 3 rows and batches of 200 and 150: deep
-    products of few rows with a transposed left operand, the second added
-    into the first (beta = 1)."""
-    def loss(w, x1, x2):
-        return lt.sum(lt.tanh(x1 @ w)) + lt.sum(lt.sigmoid(x2 @ w))
-
-    f = lt.compile(lambda w, x1, x2: lt.grad(loss)(w, x1, x2))
-    rng = np.random.default_rng(12)
-    w, x1, x2 = (rng.standard_normal(s).astype(np.float32) for s in [(3, 37), (200, 3), (150, 3)])
-    got = f(w, x1, x2)
-    w, x1, x2 = (v.astype(np.float64) for v in (w, x1, x2))
-    y1, s2 = np.tanh(x1 @ w), 1 / (1 + np.exp(-(x2 @ w)))
-    g1, g2 = 1 - y1 ** 2, s2 * (1 - s2)
-    want = x1.T @ g1 + x2.T @ g2
-    # as in the test below: cotangents within 1e-6 of float64, then the two
-    # products' float32 bound over their 200 + 150 terms and the final sum's rounding
-    abs_terms = np.abs(x1.T) @ np.abs(g1) + np.abs(x2.T) @ np.abs(g2)
-    bound = 1e-6 * (np.abs(x1.T).sum(1, keepdims=True) + np.abs(x2.T).sum(1, keepdims=True)) + (350 + 2) * U * abs_terms
-    err = np.abs(got - want)
-    assert (err <= bound).all(), f"worst error / bound {np.max(err / bound):.3g}"
-
-
 def test_input_gradients_summed_over_uses_match_float64():
     """dx = g1 w1^T + g2 w2^T for x of 3 rows: products with a transposed
     right operand, the second added into the first (beta = 1)."""
@@ -161,15 +138,21 @@ def test_input_gradients_summed_over_uses_match_float64():
     assert (err <= bound).all(), f"worst error / bound {np.max(err / bound):.3g}"
 
 
-def test_weight_gradients_summed_over_uses_match_float64():
-    """dW = x1^T g1 + x2^T g2: products of few rows (W has 13 rows) with a
-    transposed left operand, the second added into the first (beta = 1)."""
+# (W, x1, x2) shapes of the weight-gradient test: W of 13 rows (the panels), and
+# W of 3 rows over batches of 200 and 150 (deep products of few rows: stream_rows)
+WEIGHT_GRADIENT_SHAPES = [((13, 21), (9, 13), (30, 13)), ((3, 37), (200, 3), (150, 3))]
+
+
+@pytest.mark.parametrize("shapes", WEIGHT_GRADIENT_SHAPES, ids=["13 rows", "3 rows, deep"])
+def test_weight_gradients_summed_over_uses_match_float64(shapes):
+    """dW = x1^T g1 + x2^T g2: products of few rows with a transposed left
+    operand, the second added into the first (beta = 1)."""
     def loss(w, x1, x2):
         return lt.sum(lt.tanh(x1 @ w)) + lt.sum(lt.sigmoid(x2 @ w) * x2[:, :1])
 
     f = lt.compile(lambda w, x1, x2: lt.grad(loss)(w, x1, x2))
     rng = np.random.default_rng(8)
-    w, x1, x2 = (rng.standard_normal(s).astype(np.float32) for s in [(13, 21), (9, 13), (30, 13)])
+    w, x1, x2 = (rng.standard_normal(s).astype(np.float32) for s in shapes)
     got = f(w, x1, x2)
     w, x1, x2 = (v.astype(np.float64) for v in (w, x1, x2))
     y1, s2 = np.tanh(x1 @ w), 1 / (1 + np.exp(-(x2 @ w)))
@@ -178,7 +161,7 @@ def test_weight_gradients_summed_over_uses_match_float64():
     # Each cotangent is within 1e-6 of its float64 value (tanh_f, sigmoid_f
     # <= 3e-7 relative, cpp_runtime/math.h, with the forward product's and a
     # few elementwise roundings); then the two products' float32 bound over
-    # their 9 + 30 terms, and the final sum's rounding.
+    # their x1 + x2 rows of terms, and the final sum's rounding.
     abs_terms = np.abs(x1.T) @ np.abs(g1) + np.abs(x2.T) @ np.abs(g2)
     err = np.abs(got - want)
     bound = 1e-6 * (np.abs(x1.T).sum(1, keepdims=True) + np.abs(x2.T) @ np.abs(x2[:, :1])) \

@@ -60,8 +60,8 @@ from benchmarks.models.treelstm import TreeLSTM, tree_step
 # 1 among them every level is covered exactly; each size divides the one
 # before, so a level takes any number of 48-row chunks, at most 2 of 16 and one
 # each of 8, 4, 2 and 1 rows.  (48, 16, 8, 4, 2, 1) against (64, 16, 4, 1):
-# fewer rows in the matrix-vector-like chunks of 1 and 4 rows, ~6% less time
-# per update (benchmarks/NOTES.md, session 8).
+# fewer rows in the matrix-vector-like chunks of 1 and 4 rows, 3.5% less time
+# per update in an A/B (benchmarks/NOTES.md, session 8).
 CHUNK_SIZES = (48, 16, 8, 4, 2, 1)
 # A single tree's levels have 1.85 inner nodes on average (SST dev: 18.3 over
 # 9.9 levels): chunks of 8, 4, 2 and 1 (benchmarks/NOTES.md, session 8).
@@ -300,9 +300,7 @@ def build_per_tree(weights, cfg) -> LevelBatchedTrainer:
     nodes (`benchmarks.frameworks.lantern.variants`); the faster counts."""
     if cfg.batch != 1:
         raise ValueError(f"build_per_tree trains one tree per update, not {cfg.batch}")
-    model = TreeLSTM(cfg.embedding, cfg.hidden, cfg.classes)
-    model.load_state_dict(weights)
-    return LevelBatchedTrainer(model, cfg)
+    return build(weights, cfg)
 
 
 def build(weights, cfg) -> LevelBatchedTrainer:
