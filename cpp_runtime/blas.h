@@ -45,6 +45,23 @@ constexpr int kMinDepthBt = 64;
 
 inline bool takes_bt(int M, int K) { return M <= kFewRowsBt || (M <= kMaxRowsBt && K >= kMinDepthBt); }
 
+// Products of any number of rows that are shallow and narrow (K <= kMaxShallowDepth,
+// N a multiple of 8 up to kMaxShallowCols, B's rows at most that far apart) and
+// not accumulated also take the kernel below: for them OpenBLAS's packing and
+// its zeroing of C before a beta = 0 product (a memset) cost more than the
+// panel's reads of B, whose panel stays in L1.  Measured on a Zen 3 (time of
+// the kernel / OpenBLAS's, M = 64 to 5120): 0.71-0.93 for K 1-96 and N 32-96
+// (0.89 for the PINN's 1024 x 64 x 64, 0.71 for its 1024 x 64 x 2); but 1.1-1.4
+// with a masked last panel (N 26), 1.3-2.0 for N <= 10, 1.05-1.17 at a
+// power-of-two B stride of 128 floats (a panel's rows then share few L1 sets),
+// and 0.98-1.04 when accumulating (beta = 1, no memset to save).
+constexpr int kMaxShallowDepth = 96;
+constexpr int kMaxShallowCols = 96;
+
+inline bool takes_shallow(int N, int K, int ldb) {
+  return K <= kMaxShallowDepth && N >= 16 && N % 8 == 0 && ldb <= kMaxShallowCols;
+}
+
 // The mask of a vector's first n lanes (n in 0..8), for masked loads and stores.
 inline __m256i first_lanes(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -301,7 +318,8 @@ inline void gemm_bt(int M, int N, int K, const float* A, int lda, const float* B
 inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
                  int ldc, float beta) {
 #ifdef LT_SMALL_ROWS_GEMM
-  if (!tb && M <= small_rows::kMaxRows && (beta == 0.0f || beta == 1.0f)) {
+  if (!tb && ((M <= small_rows::kMaxRows && (beta == 0.0f || beta == 1.0f)) ||
+              (!ta && beta == 0.0f && small_rows::takes_shallow(N, K, ldb)))) {
     small_rows::gemm(ta, M, N, K, A, lda, B, ldb, C, ldc, beta == 1.0f);
     return;
   }

@@ -7,7 +7,8 @@ same for products with a transposed right operand (x W^T, `small_rows::gemm_bt`
 for few rows): rows in blocks of 2 or 4 and a remainder, columns of B^T in
 groups of 4, 2 and 1, depths with every remainder mod 8 (masked), and the
 shapes `takes_bt` sends to OpenBLAS instead.  And deep products of at most
-4 rows (`small_rows::stream_rows`)."""
+4 rows (`small_rows::stream_rows`), and shallow, narrow products of many
+rows (`small_rows::takes_shallow`)."""
 # No `from __future__ import annotations`: the staged annotations use local sizes.
 
 import numpy as np
@@ -76,6 +77,27 @@ def stream_products():
     return lt.compile(f)(a, at, b), a.astype(np.float64), at.astype(np.float64), b.astype(np.float64)
 
 
+# (rows, inner, columns) of products of many rows that are shallow and narrow
+# (small_rows::takes_shallow: depth <= 96, columns a multiple of 8 from 16 to 96,
+# B's rows at most 96 floats apart: here slices of one 96-wide B), every row
+# remainder mod 6; and next to the bounds, shapes that take OpenBLAS instead
+# (depth 97, a masked last panel, 8 columns)
+SHALLOW_SHAPES = [(33, 1, 16), (64, 2, 64), (100, 64, 64), (37, 13, 40), (200, 96, 96), (45, 50, 24),
+                  (52, 97, 64), (200, 64, 26), (40, 30, 8)]
+SHALLOW_A, SHALLOW_B = (200, 100), (100, 96)
+
+
+@pytest.fixture(scope="module")
+def shallow_products():
+    def f(a: lt.Tensor[SHALLOW_A], b: lt.Tensor[SHALLOW_B]):
+        return [a[:m, :k] @ b[:k, :n] for m, k, n in SHALLOW_SHAPES]
+
+    rng = np.random.default_rng(13)
+    a = rng.standard_normal(SHALLOW_A).astype(np.float32)
+    b = rng.standard_normal(SHALLOW_B).astype(np.float32)
+    return lt.compile(f)(a, b), a.astype(np.float64), b.astype(np.float64)
+
+
 U = 2.0 ** -24   # float32 unit round-off
 
 
@@ -114,6 +136,12 @@ def test_deep_products_of_few_rows_match_float64(stream_products, m, k, n):
     i = STREAM_SHAPES.index((m, k, n))
     _close(plain[i], a[:m, :k] @ b[:k, :n], k, np.abs(a[:m, :k]) @ np.abs(b[:k, :n]))
     _close(transposed[i], at[:k, :m].T @ b[:k, :n], k, np.abs(at[:k, :m].T) @ np.abs(b[:k, :n]))
+
+
+@pytest.mark.parametrize("m, k, n", SHALLOW_SHAPES)
+def test_shallow_products_of_many_rows_match_float64(shallow_products, m, k, n):
+    got, a, b = shallow_products
+    _close(got[SHALLOW_SHAPES.index((m, k, n))], a[:m, :k] @ b[:k, :n], k, np.abs(a[:m, :k]) @ np.abs(b[:k, :n]))
 
 
 def test_input_gradients_summed_over_uses_match_float64():
