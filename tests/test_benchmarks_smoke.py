@@ -4,6 +4,7 @@ the results.json it writes. Frameworks that are not installed are skipped (the
 harness itself skips them and says so)."""
 from __future__ import annotations
 
+import collections
 import functools
 import importlib.util
 import json
@@ -87,6 +88,39 @@ def test_minibatches_run_through_the_trees_in_order():
     assert len(forest.labels) == sum(len(s.labels) for s in one)
     assert len(forest.leaf_words) == sum(len(s.leaf_words) for s in one)
     assert len(forest.bounds) == max(len(s.bounds) for s in one)      # levels batch across trees
+
+
+def _subtrees(s):
+    """The multiset of a schedule's subtrees (hashes of word, label and children's)."""
+    n_leaves = len(s.leaf_words)
+    sig = [hash((int(w), int(y))) for w, y in zip(s.leaf_words, s.labels)]
+    for i, (a, b) in enumerate(zip(s.left, s.right)):
+        sig.append(hash((int(s.labels[n_leaves + i]), sig[a], sig[b])))
+    return collections.Counter(sig)
+
+
+@pytest.mark.parametrize("size", [25, 1])
+def test_slack_schedule_moves_nodes_within_their_slack_only(size):
+    """The schedule the level-batched lantern_stage step trains with: the same
+    trees (every subtree with its words and labels), the same number of levels,
+    every node after its children's levels, and fewer chunks than levels by
+    height (a minibatch's 46 inner chunks -> 18, tests the cost is used)."""
+    from benchmarks.frameworks.tree_schedule import (CHUNK_SIZES, TREE_CHUNK_SIZES, chunk_sizes,
+                                                     level_schedule, slack_schedule)
+    trees, sizes = data.load_trees(), (CHUNK_SIZES if size > 1 else TREE_CHUNK_SIZES)
+    chunks = lambda s: sum(len(chunk_sizes(int(w), sizes)) for w in np.diff(s.bounds))   # noqa: E731
+    before = after = 0
+    for k in range(8):
+        batch = data.minibatch(trees, k, size) if size > 1 else trees[k]
+        by_height = level_schedule(batch)
+        slack = slack_schedule(batch, lambda width: len(chunk_sizes(width, sizes)))
+        assert len(slack.bounds) == len(by_height.bounds) and np.all(np.diff(slack.bounds) > 0)
+        assert _subtrees(slack) == _subtrees(by_height)
+        n_leaves = len(slack.leaf_words)
+        for lo, hi in zip(slack.bounds[:-1], slack.bounds[1:]):
+            assert slack.left[lo:hi].max() < n_leaves + lo and slack.right[lo:hi].max() < n_leaves + lo
+        before, after = before + chunks(by_height), after + chunks(slack)
+    assert after < (0.5 if size > 1 else 0.95) * before
 
 
 # ----------------------------------------------------------------------------- twin parity
@@ -249,6 +283,26 @@ def test_nn_lstm_variant_is_the_same_model_as_the_lstmcell_loop():
     np.testing.assert_allclose(fused_losses, cell_losses, rtol=1e-5)
     assert set(fused_w) == set(cell_w) == set(weights.init_weights(cfg))
     assert weights.max_rel_diff(fused_w, cell_w) < 1e-3
+
+
+def test_tf_slack_levels_variant_is_the_same_model():
+    """TF's minibatched TreeLSTM over lantern_stage's schedule (the harness times
+    it beside the levels by height and keeps the faster) is the same model: its
+    first update as float64's up to round-off, its losses as PyTorch's."""
+    from benchmarks.frameworks import Framework, tf_function
+    ok, why = Framework("tf").available()
+    if not ok:
+        pytest.skip(why)
+    assert list(tf_function.variants("treelstm_mb25")) == ["height levels", "slack levels"]
+    assert tf_function.variants("treelstm_mb25", jit_compile=True) == {} == tf_function.variants("treelstm")
+    ref, _ = _losses("torch", "treelstm_mb25", 2)
+    cfg = spec.make_config("treelstm_mb25")
+    trainer = tf_function.build_on_slack_levels("treelstm_mb25", weights.init_weights(cfg), cfg)
+    batches = data.model_data(cfg).batches()
+    got = [trainer.step(trainer.prepare(next(batches)))]
+    assert_first_mb25_update_within_round_off(trainer.weights())
+    got.append(trainer.step(trainer.prepare(next(batches))))
+    np.testing.assert_allclose(got, ref, rtol=1e-4)
 
 
 def test_step_flops_follow_the_layer_shapes():

@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks.frameworks import Unsupported
 from benchmarks.frameworks._common import missing
-from benchmarks.frameworks.tree_schedule import level_schedule, padded_key, padded_schedule
+from benchmarks.frameworks.tree_schedule import chunk_sizes, level_schedule, padded_key, padded_schedule, slack_schedule
 from benchmarks.spec import TREE_MODELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -115,6 +115,7 @@ class TFTrainer:
             self.acc = [self.adam_t] + self.adam_m + self.adam_v   # saved and restored by precompile
         if model in TREE_MODELS:
             self.emb = tf.constant(cfg.embedding)
+            self.schedule = level_schedule
         self.loss_fn = getattr(self, f"_loss_{model}")
         sig = self._signature()
         self._step = tf.function(self._train_step, jit_compile=jit_compile, input_signature=sig)
@@ -151,7 +152,7 @@ class TFTrainer:
             return tuple(tf.constant(a) for a in batch)
         if self.jit:
             return tuple(tf.constant(a) for a in padded_schedule(batch))
-        return tuple(tf.constant(a) for a in level_schedule(batch))
+        return tuple(tf.constant(a) for a in self.schedule(batch))
 
     def precompile(self, batches):
         """Trace (and, for XLA, compile) the step for every distinct shape among
@@ -373,3 +374,20 @@ def build(model, weights, cfg, jit_compile: bool = False):
         raise Unsupported("not timed under XLA: padded 25-tree forests give about one shape bucket, "
                           "so one XLA compilation, per update (the tf.function row is level-batched)")
     return TFTrainer(model, weights, cfg, jit_compile)
+
+
+def build_on_slack_levels(model, weights, cfg, jit_compile: bool = False):
+    """The level-batched step over lantern_stage's schedule: the same levels,
+    their widths chosen by `tree_schedule.slack_schedule` for its chunks."""
+    trainer = build(model, weights, cfg, jit_compile)
+    trainer.schedule = lambda trees: slack_schedule(trees, lambda width: len(chunk_sizes(width)))
+    return trainer
+
+
+def variants(model, jit_compile: bool = False, **_) -> dict:
+    """Formulations timed side by side (label -> build); the faster counts as
+    TF's time.  The minibatched TreeLSTM also over the schedule lantern_stage
+    trains it with, so that its lead is not the schedule's."""
+    if model == "treelstm_mb25" and not jit_compile:
+        return {"height levels": build, "slack levels": build_on_slack_levels}
+    return {}

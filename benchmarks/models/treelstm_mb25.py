@@ -9,11 +9,16 @@ otherwise) of all 25 trees do not depend on each other, so one level is one
 matrix product over its rows instead of one matrix-vector product per node
 (what DyNet's autobatching finds at run time, and what the TF and JAX twins
 are written as: `benchmarks/frameworks/tree_schedule.py`).  The schedule
-renumbers the forest's nodes (leaves first, then by height) so that a level's
-nodes are consecutive rows of four captured state arrays (h, c and their
-gradients, [capacity, hidden]); each level is cut into chunks whose sizes are
-in `CHUNK_SIZES` (greedily, largest first: no padding), and the staged step
-compiles the cell once per chunk size.
+renumbers the forest's nodes (leaves first, then level by level) so that a
+level's nodes are consecutive rows of four captured state arrays (h, c and
+their gradients, [capacity, hidden]); each level is cut into chunks whose
+sizes are in `CHUNK_SIZES` (greedily, largest first: no padding), and the
+staged step compiles the cell once per chunk size.  A node need not run at
+its height: anywhere from there to one level below its parent's latest will
+do, and `tree_schedule.slack_schedule` uses that slack to give the levels
+widths of few chunks (18.3 inner chunks per SST update instead of 46.2, the
+chunks of 1 to 8 rows, which read U as a 48-row chunk does, down from 32.5
+to 4.2).
 
 Backpropagation with callbacks over chunks.  The step is a staged recursive
 function `run(k)` over the chunk list: chunk k's forward gathers its
@@ -53,40 +58,19 @@ from lantern_stage.autodiff import value_and_grad_into
 from lantern_stage.ops.registry import as_rep
 
 from benchmarks.data import Tree
-from benchmarks.frameworks.tree_schedule import level_schedule
+from benchmarks.frameworks.tree_schedule import CHUNK_SIZES, TREE_CHUNK_SIZES, chunk_sizes, slack_schedule
 from benchmarks.models.treelstm import TreeLSTM, tree_step
 
-# Chunk sizes a level is cut into; the cell is compiled once per size.  With
-# 1 among them every level is covered exactly; each size divides the one
-# before, so a level takes any number of 48-row chunks, at most 2 of 16 and one
-# each of 8, 4, 2 and 1 rows.  (48, 16, 8, 4, 2, 1) against (64, 16, 4, 1):
-# fewer rows in the matrix-vector-like chunks of 1 and 4 rows, 3.5% less time
-# per update in an A/B (benchmarks/NOTES.md, session 8).
-CHUNK_SIZES = (48, 16, 8, 4, 2, 1)
-# A single tree's levels have 1.85 inner nodes on average (SST dev: 18.3 over
-# 9.9 levels): chunks of 8, 4, 2 and 1 (benchmarks/NOTES.md, session 8).
-TREE_CHUNK_SIZES = (8, 4, 2, 1)
 LEAF, INNER = 0, 1
-
-
-def chunk_sizes(n: int, sizes: Sequence[int] = CHUNK_SIZES) -> list:
-    """`n` rows as chunks of the given sizes, largest first."""
-    out = []
-    for s in sizes:
-        out += [s] * (n // s)
-        n %= s
-    if n:
-        raise ValueError(f"chunk sizes {tuple(sizes)} cannot cover {n} more rows (include 1)")
-    return out
 
 
 class Forest:
     """A minibatch of trees as the level-batched step's arguments: per state
-    row (leaves first, then the inner nodes by height) its word, label and
+    row (leaves first, then the inner nodes level by level) its word, label and
     children's rows; per chunk its kind (LEAF / INNER), first row and size."""
 
     def __init__(self, trees, sizes: Sequence[int] = CHUNK_SIZES):
-        s = level_schedule(list(trees))
+        s = slack_schedule(list(trees), lambda width: len(chunk_sizes(width, sizes)))
         n_leaves, n = len(s.leaf_words), len(s.labels)
         self.rows = n
         self.words = np.zeros(n, np.int32)
