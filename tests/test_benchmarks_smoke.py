@@ -113,7 +113,7 @@ def test_slack_schedule_moves_nodes_within_their_slack_only(size):
     for k in range(8):
         batch = data.minibatch(trees, k, size) if size > 1 else trees[k]
         by_height = level_schedule(batch)
-        slack = slack_schedule(batch, lambda width: len(chunk_sizes(width, sizes)))
+        slack = slack_schedule(batch, sizes)
         assert len(slack.bounds) == len(by_height.bounds) and np.all(np.diff(slack.bounds) > 0)
         assert _subtrees(slack) == _subtrees(by_height)
         n_leaves = len(slack.leaf_words)

@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks.frameworks import Unsupported
 from benchmarks.frameworks._common import missing
-from benchmarks.frameworks.tree_schedule import chunk_sizes, level_schedule, padded_key, padded_schedule, slack_schedule
+from benchmarks.frameworks.tree_schedule import level_schedule, padded_key, padded_schedule, slack_schedule
 from benchmarks.spec import TREE_MODELS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -380,7 +380,7 @@ def build_on_slack_levels(model, weights, cfg, jit_compile: bool = False):
     """The level-batched step over lantern_stage's schedule: the same levels,
     their widths chosen by `tree_schedule.slack_schedule` for its chunks."""
     trainer = build(model, weights, cfg, jit_compile)
-    trainer.schedule = lambda trees: slack_schedule(trees, lambda width: len(chunk_sizes(width)))
+    trainer.schedule = slack_schedule
     return trainer
 
 

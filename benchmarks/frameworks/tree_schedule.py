@@ -7,7 +7,7 @@ states computed so far are always a prefix of one state buffer.
 
 `level_schedule` is the exact, unpadded form (for graphs with dynamic shapes);
 `slack_schedule` the same with each inner node placed anywhere its slack allows
-(the same number of levels, widths chosen to suit a cost of a level's width);
+(the same number of levels, their widths chosen to cut into few chunks);
 `padded_schedule` pads leaf count, level count and level width up to buckets so
 that a compiler that needs static shapes (XLA) sees few distinct shapes.
 
@@ -17,7 +17,7 @@ every tree, which is what DyNet's autobatching finds in a minibatch's graph.
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import NamedTuple, Sequence, Union
 
 import numpy as np
 
@@ -48,7 +48,9 @@ class PaddedSchedule(NamedTuple):
 # before, so a level takes any number of 48-row chunks, at most 2 of 16 and one
 # each of 8, 4, 2 and 1 rows.  (48, 16, 8, 4, 2, 1) against (64, 16, 4, 1):
 # fewer rows in the matrix-vector-like chunks of 1 and 4 rows, 3.5% less time
-# per update in an A/B (benchmarks/NOTES.md, session 8).
+# per update in an A/B (benchmarks/NOTES.md, session 8, levels by height);
+# with `slack_schedule`'s levels four other sets measured within 2% of it
+# (session 10).
 CHUNK_SIZES = (48, 16, 8, 4, 2, 1)
 # A single tree's levels have 1.85 inner nodes on average (SST dev: 18.3 over
 # 9.9 levels): chunks of 8, 4, 2 and 1 (benchmarks/NOTES.md, session 8).
@@ -85,16 +87,16 @@ def level_schedule(tree: Union[Tree, Sequence[Tree]]) -> LevelSchedule:
     return _by_level(tree, height)
 
 
-def slack_schedule(tree: Union[Tree, Sequence[Tree]], level_cost: Callable[[int], float]) -> LevelSchedule:
+def slack_schedule(tree: Union[Tree, Sequence[Tree]], sizes: Sequence[int] = CHUNK_SIZES) -> LevelSchedule:
     """`level_schedule` with every inner node at any level from its height to
     the latest one its parent allows (the root at the top level): the same
-    number of levels, each level's width chosen to keep `level_cost(width)`
-    low.  A chunked level-batched step pays a fixed price per chunk (a 1-row
-    chunk reads a weight matrix as a 48-row one does); with the chunk count
-    as the cost, SST minibatches of 25 trees need 18.3 chunks of inner nodes
-    per update instead of 46.2 (17.95 levels)."""
+    number of levels, their widths chosen so that `chunk_sizes(width, sizes)`
+    cuts them into few chunks.  A chunked level-batched step pays a fixed
+    price per chunk (a 1-row chunk reads a weight matrix as a 48-row one
+    does): SST minibatches of 25 trees need 18.3 chunks of inner nodes per
+    update instead of 46.2 (17.95 levels)."""
     tree, height = _forest(tree)
-    return _by_level(tree, _slack_levels(tree, height, level_cost))
+    return _by_level(tree, _slack_levels(tree, height, lambda width: len(chunk_sizes(width, sizes))))
 
 
 def _forest(tree):

@@ -70,7 +70,7 @@ class Forest:
     children's rows; per chunk its kind (LEAF / INNER), first row and size."""
 
     def __init__(self, trees, sizes: Sequence[int] = CHUNK_SIZES):
-        s = slack_schedule(list(trees), lambda width: len(chunk_sizes(width, sizes)))
+        s = slack_schedule(list(trees), sizes)
         n_leaves, n = len(s.leaf_words), len(s.labels)
         self.rows = n
         self.words = np.zeros(n, np.int32)
