@@ -2,7 +2,7 @@
 
 Key = generated source + compiler command (as configured: `CXX` or "g++",
 so a cache hit needs no compiler on the machine) + every runtime header +
-package version.  Per-key file lock, write to a temporary name then rename
+package version + the CPU that `-march=native` resolves from (`host_cpu`).  Per-key file lock, write to a temporary name then rename
 (atomic), an in-process table of loaded libraries.  `LANTERN_CACHE_DIR` moves
 the cache (default ~/.cache/lantern_stage); `LANTERN_CACHE=0` disables reuse.
 
@@ -16,8 +16,10 @@ the same key.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -100,10 +102,33 @@ def _runtime_digest() -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=None)
+def host_cpu() -> str:
+    """What `-march=native` is resolved from: the CPU's vendor, family, model and
+    feature flags (Linux's /proc/cpuinfo; elsewhere the platform's names).  In
+    the cache key, so that a cache shared by machines of different CPUs (a home
+    directory on NFS under mpirun, say) never hands one a library built for
+    instructions it lacks, which would die of SIGILL at its first vector loop."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor's block is enough: the cores are alike
+                name, _, value = line.partition(":")
+                fields[name.strip()] = value.strip()
+    except OSError:
+        pass
+    parts = [fields.get(k, "") for k in ("vendor_id", "cpu family", "model", "flags")]
+    if not any(parts):
+        parts = [platform.machine(), platform.processor()]
+    return "|".join(parts)
+
+
 def cache_key(source: str, cxx: str) -> str:
     h = hashlib.sha256()
     cmd = compile_command(cxx, Path("module.cpp"), Path("module.so"))
-    for part in (source, " ".join(cmd), _runtime_digest(), __version__):
+    for part in (source, " ".join(cmd), _runtime_digest(), __version__, host_cpu()):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]

@@ -247,6 +247,24 @@ def test_compile_timeout_stops_a_stalled_compiler_and_leaves_no_library(fresh_ca
         lt.compile(f.fn, name="f2")(np.zeros(3, np.float32))
 
 
+def test_a_cache_shared_by_machines_of_different_cpus_keeps_their_libraries_apart(fresh_cache, monkeypatch):
+    # -march=native: a library built on an AVX-512 CPU dies of SIGILL on one without
+    @lt.compile
+    def f(x: lt.Tensor[3]):
+        return lt.tanh(x) * 10.0
+
+    np.testing.assert_allclose(f(np.ones(3, np.float32)), np.tanh(np.ones(3)) * 10, rtol=1e-6)
+    here = build_mod.cache_key(f.cpp_source, build_mod.compiler_name())
+    assert (fresh_cache / here / "module.so").exists()
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split(":", 1)[1].strip()
+        assert flags in build_mod.host_cpu()
+    except (OSError, StopIteration):
+        pass  # not Linux: the platform's names stand for the CPU
+    monkeypatch.setattr(build_mod, "host_cpu", lambda: "AuthenticAMD|23|49|fpu sse sse2 avx avx2 fma")
+    assert build_mod.cache_key(f.cpp_source, build_mod.compiler_name()) != here
+
+
 def test_temporary_libraries_of_killed_compiles_are_removed(fresh_cache):
     @lt.compile
     def f(x: lt.Tensor[3]):
