@@ -9,14 +9,19 @@
 
 // With AVX2 + FMA and without AVX-512, OpenBLAS runs its Haswell kernels,
 // which have no small-matrix path: for products of a few rows it packs both
-// operands on every call.  There a register-blocked kernel that reads B in
-// place does better (small_rows below, measured on a Zen 3).  On AVX-512 CPUs
-// OpenBLAS's SkylakeX kernels have small-matrix paths, which beat a kernel of
-// our own (the packed-panel one of benchmarks/micro/) on a Sapphire Rapids;
-// this one was not measured there, so it stays compiled out.
-#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+// operands on every call.  There register-blocked kernels that read B in
+// place do better (small_rows below, measured on a Zen 3).  On AVX-512 CPUs
+// OpenBLAS's SkylakeX kernels have small-matrix paths for B as it is, which
+// beat ours there (Zen 4: 1.2-1.5x faster at 2-4 rows of 750 x 300, 1.1-1.2x
+// at the LSTM's 20 x 200 x 50); but for x W^T (B transposed) of a few rows
+// they still pack W on every call, so only gemm_bt is routed to on such CPUs
+// (LT_SMALL_ROWS_BT_ONLY).
+#if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LT_SMALL_ROWS_GEMM 1
+#ifdef __AVX512F__
+#define LT_SMALL_ROWS_BT_ONLY 1
+#endif
 #endif
 
 namespace lt {
@@ -39,8 +44,20 @@ constexpr int kMaxRows = 32;
 // 142 / 196 against 98 / 78 / 64 / 83 / 119 / 155 / 194; 4 x 200 x 50 2.1
 // against 2.9, 12 x 200 x 64 5.2 against 5.9; but 8 x 200 x 26 2.8 against
 // 2.2 and 20 x 200 x 50 11.3 against 8.0.
+//
+// On AVX-512 CPUs (measured on a Zen 4, OpenBLAS SkylakeX, W evicted from L2
+// between calls; us, gemm_bt against OpenBLAS): 750 x 300 at 2 / 4 / 8 / 16
+// rows 26 / 40 / 61 / 136 against 79 / 86 / 104 / 141, 450 x 300 at 4 / 8 rows
+// 21 / 31 against 50 / 61.  From 8 rows on the product is bound by the FMA rate
+// rather than by reading W, and OpenBLAS's 512-bit kernels on a CPU with two
+// 512-bit FMA units (Intel's) would outrun this 256-bit kernel, hence the lower
+// row bound there (not measured on Intel).
 constexpr int kFewRowsBt = 4;
+#ifdef LT_SMALL_ROWS_BT_ONLY
+constexpr int kMaxRowsBt = 8;
+#else
 constexpr int kMaxRowsBt = 24;
+#endif
 constexpr int kMinDepthBt = 64;
 
 inline bool takes_bt(int M, int K) { return M <= kFewRowsBt || (M <= kMaxRowsBt && K >= kMinDepthBt); }
@@ -317,12 +334,14 @@ inline void gemm_bt(int M, int N, int K, const float* A, int lda, const float* B
 // ldb, ldc elements apart.
 inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
                  int ldc, float beta) {
-#ifdef LT_SMALL_ROWS_GEMM
+#if defined(LT_SMALL_ROWS_GEMM) && !defined(LT_SMALL_ROWS_BT_ONLY)
   if (!tb && ((M <= small_rows::kMaxRows && (beta == 0.0f || beta == 1.0f)) ||
               (!ta && beta == 0.0f && small_rows::takes_shallow(N, K, ldb)))) {
     small_rows::gemm(ta, M, N, K, A, lda, B, ldb, C, ldc, beta == 1.0f);
     return;
   }
+#endif
+#ifdef LT_SMALL_ROWS_GEMM
   if (tb && !ta && small_rows::takes_bt(M, K) && (beta == 0.0f || beta == 1.0f)) {
     small_rows::gemm_bt(M, N, K, A, lda, B, ldb, C, ldc, beta == 1.0f);
     return;
