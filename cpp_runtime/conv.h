@@ -197,8 +197,9 @@ inline void gemm_forward(const float* x, const float* w, const float* b, float* 
   }
 }
 
+// Adds into dw; into dx too, or assigns dx when `accumulate_dx` is false.
 inline void gemm_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
-                          const Conv2dShape& s, Arena& arena) {
+                          const Conv2dShape& s, Arena& arena, bool accumulate_dx = true) {
   ArenaScope scope(arena);
   const int P = s.OH * s.OW, K = int(s.ckk());
   const bool pointwise = is_pointwise(s);
@@ -217,8 +218,11 @@ inline void gemm_backward(const float* x, const float* w, const float* dy, float
     if (dx) {
       // dcol[K][P] = w[F][K]^T * dy_n[F][P]; pointwise: straight into dx with beta = 1.
       scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, P, s.F, 1.f, w, K, dyn, P,
-                        pointwise ? 1.f : 0.f, pointwise ? dxn : dcol, P);
-      if (!pointwise) col2im_add(dcol, dxn, s);
+                        pointwise && accumulate_dx ? 1.f : 0.f, pointwise ? dxn : dcol, P);
+      if (!pointwise) {
+        if (!accumulate_dx) std::memset(dxn, 0, sizeof(float) * s.C * s.in_plane());
+        col2im_add(dcol, dxn, s);
+      }
     }
   }
 }
@@ -443,9 +447,11 @@ inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0,
       }
 }
 
+// Adds into dx, or assigns it (`accumulate` false): then each image's dx is
+// zeroed right before its tiles add into it, while it fits in L1.
 template <int KB, int RB>
 inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dShape& s,
-                      Arena& arena) {
+                      Arena& arena, bool accumulate) {
   ArenaScope scope(arena);
   const DirectPlan p = direct_plan(s, arena);
   const int K = int(s.ckk());
@@ -461,6 +467,7 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
     float* dxn = dx + std::size_t(n) * s.C * s.in_plane();
     if (!p.exact) pad_rows(dyn, dyv, s, p);
     if (p.copy_x) std::memset(dxq, 0, sizeof(float) * s.C * p.q_plane());
+    else if (!accumulate) std::memset(dxn, 0, sizeof(float) * s.C * s.in_plane());
     const float* dys = p.exact ? dyn : dyv;
     float* dxs = p.copy_x ? dxq : dxn;
     for (int j0 = 0; j0 < K; j0 += KB)
@@ -475,7 +482,10 @@ inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dSh
         for (int h = 0; h < s.H; ++h) {
           const float* src = dxq + c * p.q_plane() + std::size_t(h + s.ph) * p.Wq + s.pw;
           float* dst = dxn + c * s.in_plane() + std::size_t(h) * s.W;
-          for (int i = 0; i < s.W; ++i) dst[i] += src[i];
+          if (accumulate)
+            for (int i = 0; i < s.W; ++i) dst[i] += src[i];
+          else
+            std::memcpy(dst, src, sizeof(float) * s.W);
         }
   }
 }
@@ -661,17 +671,22 @@ inline void conv2d_forward(const float* x, const float* w, const float* b, float
 }
 
 // Accumulates (+=) into dx, dw, db; each may be nullptr when that gradient is not needed.
+// With `accumulate` false they are assigned instead (the first write of a gradient
+// buffer, passes/first_write.py, which then needs no zero fill): dw and db are
+// zeroed here (small), dx an image at a time inside its kernel, while in cache.
 inline void conv2d_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,
                             float* db, int N, int C, int H, int W, int F, int KH, int KW, int sh,
-                            int sw, int ph, int pw, Arena& arena) {
+                            int sw, int ph, int pw, Arena& arena, bool accumulate = true) {
   const Conv2dShape s = conv2d_shape(N, C, H, W, F, KH, KW, sh, sw, ph, pw);
+  if (!accumulate && db) std::memset(db, 0, sizeof(float) * F);
+  if (!accumulate && dw) std::memset(dw, 0, sizeof(float) * s.F * s.ckk());
   if (db) conv_detail::bias_backward(dy, db, s);
   using namespace conv_detail;
   const bool use_dx = conv2d_use_direct(s), use_dw = conv2d_use_direct_dw(s);
-  if (dx && use_dx) direct_dx<kDxKB, kDxRB>(w, dy, dx, s, arena);
+  if (dx && use_dx) direct_dx<kDxKB, kDxRB>(w, dy, dx, s, arena, accumulate);
   if (dw && use_dw) direct_dw<kDwFB, kDwKB>(x, dy, dw, s, arena);
   if ((dx && !use_dx) || (dw && !use_dw))
-    gemm_backward(x, w, dy, use_dx ? nullptr : dx, use_dw ? nullptr : dw, s, arena);
+    gemm_backward(x, w, dy, use_dx ? nullptr : dx, use_dw ? nullptr : dw, s, arena, accumulate);
 }
 
 inline void conv2d_backward(const float* x, const float* w, const float* dy, float* dx, float* dw,

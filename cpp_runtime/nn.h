@@ -53,10 +53,15 @@ inline void gather_plane(const float* x, const int32_t* at, float* y, long plane
     for (long o = 0; o < out_plane; ++o) y[p * out_plane + o] = x[p * in_plane + at[p * out_plane + o]];
 }
 
+// Adds into dx; or, as dx's first write (`accumulate` false, passes/first_write.py),
+// assigns it: each plane is zeroed right before its scatter, while it is in L1,
+// instead of the whole buffer being zero-filled beforehand by a pass of its own.
 inline void gather_plane_backward(const float* dy, const int32_t* at, float* dx, long planes, long in_plane,
-                                  long out_plane) {
-  for (long p = 0; p < planes; ++p)
+                                  long out_plane, bool accumulate = true) {
+  for (long p = 0; p < planes; ++p) {
+    if (!accumulate) std::memset(dx + p * in_plane, 0, sizeof(float) * in_plane);
     for (long o = 0; o < out_plane; ++o) dx[p * in_plane + at[p * out_plane + o]] += dy[p * out_plane + o];
+  }
 }
 
 // The argmax of every pooling window (the pooled values go to `scratch`).

@@ -176,6 +176,51 @@ def test_max_and_avg_pool_value_and_gradients(op_case):
     assert c["src"].count("lt::max_pool2d_argmax(") == 2 and "lt::gather_plane(" not in c["src"]
 
 
+# Gradients whose first write is conv2d's or max pooling's backward kernel: assigned, an
+# image or plane at a time, instead of zero-filled and added into (passes/first_write.py).
+# The kernels' operands are intermediate values (tanh(x), 2 w, 3 b): an input's gradient
+# is first written outside the scope.  Called twice: a buffer left unzeroed would carry
+# the first call's arena contents.
+FIRST_WRITE_CONVS = [  # (x shape, w shape, stride, padding): direct exact rows, direct padded copy, im2col
+    ((2, 3, 10, 10), (4, 3, 3, 3), 1, 0),
+    ((2, 3, 7, 6), (4, 3, 3, 2), 1, 1),
+    ((2, 3, 9, 8), (5, 3, 3, 3), 2, 1),
+]
+
+
+def test_conv_and_pool_gradients_assigned_by_their_first_write_match_pytorch():
+    rng = np.random.default_rng(3)
+    shapes = [(x, w, (w[0],)) for x, w, _, _ in FIRST_WRITE_CONVS]
+    r_conv = [rand(rng, *F.conv2d(torch.zeros(x), torch.zeros(w), stride=s, padding=p).shape)
+              for x, w, s, p in FIRST_WRITE_CONVS]
+    r_pool = rand(rng, 2, 3, 3, 3)
+
+    def f(arrays):
+        out = []
+        for k, (_, _, s, p) in enumerate(FIRST_WRITE_CONVS):
+            def loss(x, w, b, s=s, p=p, k=k):
+                return lt.sum(lt.conv2d(lt.tanh(x), w * 2.0, b * 3.0, stride=s, padding=p) * r_conv[k])
+            out.append(lt.grad(loss, argnums=(0, 1, 2))(*arrays[3 * k:3 * k + 3]))
+        out.append(lt.grad(lambda px: lt.sum(lt.max_pool2d(lt.tanh(px), 3, stride=2) * r_pool))(arrays[-1]))
+        return out
+
+    args = [a for shape in shapes for a in shape] + [(2, 3, 8, 7)]
+    g = lt.compile(f, name="first_write_convs")
+    for call in range(2):
+        inputs = [rand(rng, *a) for a in args]
+        got = g(inputs)
+        assert len(re.findall(r"lt::conv2d_backward\([^;]*, arena, false\);", g.cpp_source)) == 3 * len(FIRST_WRITE_CONVS)
+        assert re.search(r"lt::gather_plane_backward\([^;]*, false\);", g.cpp_source)
+        for k, (_, _, s, p) in enumerate(FIRST_WRITE_CONVS):
+            tx, tw, tb = (t64(a, True) for a in inputs[3 * k:3 * k + 3])
+            (F.conv2d(torch.tanh(tx), tw * 2, tb * 3, stride=s, padding=p) * t64(r_conv[k])).sum().backward()
+            for mine, t in zip(got[k], (tx, tw, tb)):
+                close(mine, t.grad.numpy())
+        tp = t64(inputs[-1], True)
+        (F.max_pool2d(torch.tanh(tp), 3, 2) * t64(r_pool)).sum().backward()  # windows overlap
+        close(got[-1], tp.grad.numpy())
+
+
 def test_embedding_gathers_rows_and_scatter_adds_gradients(op_case):
     c = op_case
     (_, e), g = c["got"]["emb"]

@@ -139,7 +139,8 @@ def _conv2d_backward(p: Prim) -> str:
     grads = dict(zip(p.attrs["grads"], p.outs))
     outs = ", ".join(ptr(grads[g]) if g in grads else "nullptr" for g in ("dx", "dw", "db"))
     dims = ", ".join(str(p.attrs[d]) for d in _CONV_DIMS)
-    return f"lt::conv2d_backward({ptr(x)}, {ptr(w)}, {ptr(dy)}, {outs}, {dims}, arena);"
+    assign = "" if p.accumulate else ", false"   # its output's first write (passes/first_write.py)
+    return f"lt::conv2d_backward({ptr(x)}, {ptr(w)}, {ptr(dy)}, {outs}, {dims}, arena{assign});"
 
 
 def _dropout_mask(p: Prim) -> str:
@@ -202,7 +203,8 @@ KERNELS = {
     "conv2d_backward": _conv2d_backward,
     "pool_argmax": _nn_call("max_pool2d_argmax", *_POOL_DIMS),
     "pool_gather": _nn_call("gather_plane", "planes", "in_plane", "out_plane"),
-    "pool_gather_backward": _nn_call("gather_plane_backward", "planes", "in_plane", "out_plane"),
+    "pool_gather_backward": _nn_call("gather_plane_backward", "planes", "in_plane", "out_plane",
+                                     extra=lambda p: [] if p.accumulate else ["false"]),
     "avg_pool2d": _nn_call("avg_pool2d_forward", *_POOL_DIMS),
     "avg_pool2d_backward": _nn_call("avg_pool2d_backward", *_POOL_DIMS),
     "dropout_mask": _dropout_mask,

@@ -1,7 +1,9 @@
 """Assign instead of zero-filling and accumulating: backward code adds into
 zeroed gradient buffers; where the first statement to touch a zeroed buffer
 writes every element of it (an elementwise `+=` over its whole extent, in
-any order, a gemm/gemv/dot with beta = 1, (log_)softmax's backward kernel, a
+any order, a gemm/gemv/dot with beta = 1, (log_)softmax's backward kernel,
+conv2d's backward kernels, max pooling's scatter (both zero their output an
+image or plane at a time, in cache, instead of a pass over all of it), a
 batched gemm whose blocks cover the buffer once, or the unconditional flush of
 a deferred weight gradient's log), it may assign instead
 (beta = 0) and the buffer needs no zero fill.  It runs again after fusion,
@@ -15,7 +17,8 @@ from ..types import covers_once, views_cover_once
 from .analysis import analyse
 
 # Kernels that write their whole output and honour `accumulate=False`.
-_ASSIGNABLE = {"gemm", "gemv", "dot", "softmax_backward", "log_softmax_backward"}
+_ASSIGNABLE = {"gemm", "gemv", "dot", "softmax_backward", "log_softmax_backward", "conv2d_backward",
+               "pool_gather_backward"}
 
 
 def assign_first_writes(program) -> None:
