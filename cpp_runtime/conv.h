@@ -451,7 +451,7 @@ inline void direct_dx_tile(const float* dyv, const float* w, float* dxq, int j0,
 // zeroed right before its tiles add into it, while it fits in L1.
 template <int KB, int RB>
 inline void direct_dx(const float* w, const float* dy, float* dx, const Conv2dShape& s,
-                      Arena& arena, bool accumulate) {
+                      Arena& arena, bool accumulate = true) {
   ArenaScope scope(arena);
   const DirectPlan p = direct_plan(s, arena);
   const int K = int(s.ckk());
