@@ -11,16 +11,17 @@
 // which have no small-matrix path: for products of a few rows it packs both
 // operands on every call.  There register-blocked kernels that read B in
 // place do better (small_rows below, measured on a Zen 3).  On AVX-512 CPUs
-// OpenBLAS's SkylakeX kernels have small-matrix paths for B as it is, which
-// beat ours there (Zen 4: 1.2-1.5x faster at 2-4 rows of 750 x 300, 1.1-1.2x
-// at the LSTM's 20 x 200 x 50); but for x W^T (B transposed) of a few rows
-// they still pack W on every call, so only gemm_bt is routed to on such CPUs
-// (LT_SMALL_ROWS_BT_ONLY).
+// OpenBLAS's SkylakeX kernels have a small-matrix path for products of at most
+// ~100^3 multiply-adds (LT_OPENBLAS_SMALL_MATRIX), which beats ours (Zen 4:
+// 1.2-1.5x faster at 2-4 rows of 750 x 300, 1.1-1.2x at the LSTM's 20 x 200 x
+// 50, 1.1-1.5x at 1024 x 64 x 1-8); past it they pack again.  So there only x
+// W^T of a few rows (packed on every call whatever the size) and shallow
+// products past that bound are routed to small_rows.
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #define LT_SMALL_ROWS_GEMM 1
 #ifdef __AVX512F__
-#define LT_SMALL_ROWS_BT_ONLY 1
+#define LT_OPENBLAS_SMALL_MATRIX 1
 #endif
 #endif
 
@@ -53,7 +54,7 @@ constexpr int kMaxRows = 32;
 // 512-bit FMA units (Intel's) would outrun this 256-bit kernel, hence the lower
 // row bound there (not measured on Intel).
 constexpr int kFewRowsBt = 4;
-#ifdef LT_SMALL_ROWS_BT_ONLY
+#ifdef LT_OPENBLAS_SMALL_MATRIX
 constexpr int kMaxRowsBt = 8;
 #else
 constexpr int kMaxRowsBt = 24;
@@ -74,6 +75,14 @@ inline bool takes_bt(int M, int K) { return M <= kFewRowsBt || (M <= kMaxRowsBt 
 // and 0.98-1.04 when accumulating (beta = 1, no memset to save).
 constexpr int kMaxShallowDepth = 96;
 constexpr int kMaxShallowCols = 96;
+
+// On AVX-512 CPUs shallow products take the kernel only past OpenBLAS's
+// small-matrix path.  Measured on a Zen 4 (time of the kernel / OpenBLAS's,
+// M = 1024, beta = 0): N 32 at K 8 / 16 / 32 / 64 / 96 1.12 / 1.10 / 0.82 /
+// 0.84 / 0.90, N 64 at K 8 / 16 / 64 1.11 / 0.81 / 0.88; 512 x 64 x 64 0.88,
+// 256 x 64 x 64 0.85, 512 x 64 x 26 1.01: the crossing lies between M N K =
+// 0.85e6 and 1.05e6, where OpenBLAS's path ends (100^3).
+constexpr double kOpenBlasSmallMatrixMacs = 1e6;
 
 inline bool takes_shallow(int N, int K, int ldb) {
   return K <= kMaxShallowDepth && N >= 16 && N % 8 == 0 && ldb <= kMaxShallowCols;
@@ -334,10 +343,17 @@ inline void gemm_bt(int M, int N, int K, const float* A, int lda, const float* B
 // ldb, ldc elements apart.
 inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
                  int ldc, float beta) {
-#if defined(LT_SMALL_ROWS_GEMM) && !defined(LT_SMALL_ROWS_BT_ONLY)
+#if defined(LT_SMALL_ROWS_GEMM) && !defined(LT_OPENBLAS_SMALL_MATRIX)
   if (!tb && ((M <= small_rows::kMaxRows && (beta == 0.0f || beta == 1.0f)) ||
               (!ta && beta == 0.0f && small_rows::takes_shallow(N, K, ldb)))) {
     small_rows::gemm(ta, M, N, K, A, lda, B, ldb, C, ldc, beta == 1.0f);
+    return;
+  }
+#endif
+#ifdef LT_OPENBLAS_SMALL_MATRIX
+  if (!tb && !ta && beta == 0.0f && small_rows::takes_shallow(N, K, ldb) &&
+      double(M) * N * K > small_rows::kOpenBlasSmallMatrixMacs) {
+    small_rows::gemm(false, M, N, K, A, lda, B, ldb, C, ldc, false);
     return;
   }
 #endif

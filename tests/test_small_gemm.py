@@ -1,6 +1,7 @@
 """Matrix products of few rows (cpp_runtime/blas.h: `small_rows::gemm` on AVX2
 CPUs without AVX-512, OpenBLAS elsewhere; `small_rows::gemm_bt` on every AVX2
-CPU, for at most 8 rows where it has AVX-512) against float64, over the shapes
+CPU, for at most 8 rows where it has AVX-512; shallow products past OpenBLAS's
+small-matrix path on every AVX2 CPU) against float64, over the shapes
 its blocking treats apart: rows in blocks of 6 and a remainder of 1-5, columns
 in panels of 16, one of 8, and a masked last one of 1-7; strided rows (slices
 of wider arrays), a transposed left operand, and sums into a gradient.  The
@@ -83,8 +84,10 @@ def stream_products():
 # B's rows at most 96 floats apart: here slices of one 96-wide B), every row
 # remainder mod 6; and next to the bounds, shapes that take OpenBLAS instead
 # (depth 97, a masked last panel, 8 columns)
+# (the last three and (200, 96, 96) are past 10^6 multiply-adds: AVX-512 builds take the
+# kernel for them only, OpenBLAS's small-matrix path for the others)
 SHALLOW_SHAPES = [(33, 1, 16), (64, 2, 64), (100, 64, 64), (37, 13, 40), (200, 96, 96), (45, 50, 24),
-                  (52, 97, 64), (200, 64, 26), (40, 30, 8)]
+                  (52, 97, 64), (200, 64, 26), (40, 30, 8), (200, 64, 96), (190, 60, 88), (199, 71, 80)]
 SHALLOW_A, SHALLOW_B = (200, 100), (100, 96)
 
 
