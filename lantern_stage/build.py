@@ -2,8 +2,9 @@
 
 Key = generated source + compiler command (as configured: `CXX` or "g++",
 so a cache hit needs no compiler on the machine) + every runtime header +
-package version + the CPU that `-march=native` resolves from (`host_cpu`).  Per-key file lock, write to a temporary name then rename
-(atomic), an in-process table of loaded libraries.  `LANTERN_CACHE_DIR` moves
+package version + the CPU that `-march=native` resolves from (`host_cpu`).
+Per-key file lock, write to a temporary name then rename (atomic), an
+in-process table of loaded libraries.  `LANTERN_CACHE_DIR` moves
 the cache (default ~/.cache/lantern_stage); `LANTERN_CACHE=0` disables reuse.
 
 Every library is written with the sha256 of its bytes beside it
