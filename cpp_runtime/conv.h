@@ -614,11 +614,26 @@ inline bool conv2d_use_direct_dw(const Conv2dShape& s) {
          s.F * s.ckk() * conv_detail::kLanes <= (std::size_t(1) << 20);
 }
 
-// Tile shapes of the dispatch (measured above).
+// Tile shapes of the dispatch (measured above).  A tile's accumulators live in
+// vector registers: AVX-512VL gives 32 ymm registers, AVX2 alone 16, where the
+// forward and dw tiles above (20 and 25 accumulators) spill.  Measured on a
+// Zen 4 with -mno-avx512f (the code an AVX2 CPU gets; bench_conv, ms): forward
+// 5 x 2 against 5 x 4, conv1 0.30 / 0.49, conv2 0.59 / 0.91, and 0.70-0.74 of
+// 5 x 4's time on the five other shapes; dw 2 x 5 against 5 x 5, conv1 0.31 /
+// 0.47, conv2 0.80 / 1.19, 0.57-0.77 on the others.  dx keeps 6 x 4: smaller
+// tiles (3 x 3, 4 x 2) win on some shapes (conv2 0.95 / 1.26) and lose on
+// others (64 channels on 32x32: 15.4 / 12.3), their read-modify-writes of dx
+// growing with the tile count.  With 32 registers 5 x 2 and 10 x 2 forward
+// tiles were mixed against 5 x 4 (0.8-1.2x over the shapes), so those stay.
 namespace conv_detail {
+#ifdef __AVX512VL__
 constexpr int kFwdFB = 5, kFwdRB = 4;  // forward: filters x output vectors
-constexpr int kDxKB = 6, kDxRB = 4;    // dx: columns x output vectors
 constexpr int kDwFB = 5, kDwKB = 5;    // dw: filters x columns
+#else
+constexpr int kFwdFB = 5, kFwdRB = 2;
+constexpr int kDwFB = 2, kDwKB = 5;
+#endif
+constexpr int kDxKB = 6, kDxRB = 4;    // dx: columns x output vectors
 
 inline std::size_t arena_bytes(std::size_t bytes) {
   return (bytes + Arena::kAlign - 1) / Arena::kAlign * Arena::kAlign;
