@@ -88,6 +88,17 @@ inline bool takes_shallow(int N, int K, int ldb) {
   return K <= kMaxShallowDepth && N >= 16 && N % 8 == 0 && ldb <= kMaxShallowCols;
 }
 
+// Whether op(A) B with B as it is takes small_rows::gemm: few rows, or shallow
+// and narrow - on AVX-512 CPUs only the latter, past OpenBLAS's small path.
+inline bool takes_plain(bool ta, int M, int N, int K, int ldb, float beta) {
+  const bool shallow = !ta && beta == 0.0f && takes_shallow(N, K, ldb);
+#ifdef LT_OPENBLAS_SMALL_MATRIX
+  return shallow && double(M) * N * K > kOpenBlasSmallMatrixMacs;
+#else
+  return shallow || (M <= kMaxRows && (beta == 0.0f || beta == 1.0f));
+#endif
+}
+
 // The mask of a vector's first n lanes (n in 0..8), for masked loads and stores.
 inline __m256i first_lanes(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -343,21 +354,11 @@ inline void gemm_bt(int M, int N, int K, const float* A, int lda, const float* B
 // ldb, ldc elements apart.
 inline void gemm(bool ta, bool tb, int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C,
                  int ldc, float beta) {
-#if defined(LT_SMALL_ROWS_GEMM) && !defined(LT_OPENBLAS_SMALL_MATRIX)
-  if (!tb && ((M <= small_rows::kMaxRows && (beta == 0.0f || beta == 1.0f)) ||
-              (!ta && beta == 0.0f && small_rows::takes_shallow(N, K, ldb)))) {
+#ifdef LT_SMALL_ROWS_GEMM
+  if (!tb && small_rows::takes_plain(ta, M, N, K, ldb, beta)) {
     small_rows::gemm(ta, M, N, K, A, lda, B, ldb, C, ldc, beta == 1.0f);
     return;
   }
-#endif
-#ifdef LT_OPENBLAS_SMALL_MATRIX
-  if (!tb && !ta && beta == 0.0f && small_rows::takes_shallow(N, K, ldb) &&
-      double(M) * N * K > small_rows::kOpenBlasSmallMatrixMacs) {
-    small_rows::gemm(false, M, N, K, A, lda, B, ldb, C, ldc, false);
-    return;
-  }
-#endif
-#ifdef LT_SMALL_ROWS_GEMM
   if (tb && !ta && small_rows::takes_bt(M, K) && (beta == 0.0f || beta == 1.0f)) {
     small_rows::gemm_bt(M, N, K, A, lda, B, ldb, C, ldc, beta == 1.0f);
     return;

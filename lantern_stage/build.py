@@ -106,7 +106,8 @@ def _runtime_digest() -> str:
 @functools.lru_cache(maxsize=None)
 def host_cpu() -> str:
     """What `-march=native` is resolved from: the CPU's vendor, family, model and
-    feature flags (Linux's /proc/cpuinfo; elsewhere the platform's names).  In
+    feature flags (Linux's /proc/cpuinfo: x86's fields, or ARM's implementer,
+    part and features; elsewhere the platform's names).  In
     the cache key, so that a cache shared by machines of different CPUs (a home
     directory on NFS under mpirun, say) never hands one a library built for
     instructions it lacks, which would die of SIGILL at its first vector loop."""
@@ -120,7 +121,8 @@ def host_cpu() -> str:
                 fields[name.strip()] = value.strip()
     except OSError:
         pass
-    parts = [fields.get(k, "") for k in ("vendor_id", "cpu family", "model", "flags")]
+    parts = [fields.get(k, "") for k in ("vendor_id", "cpu family", "model", "flags",
+                                         "CPU implementer", "CPU architecture", "CPU part", "Features")]
     if not any(parts):
         parts = [platform.machine(), platform.processor()]
     return "|".join(parts)

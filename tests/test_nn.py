@@ -178,14 +178,24 @@ def test_max_and_avg_pool_value_and_gradients(op_case):
 
 # Gradients whose first write is conv2d's or max pooling's backward kernel: assigned, an
 # image or plane at a time, instead of zero-filled and added into (passes/first_write.py).
-# The kernels' operands are intermediate values (tanh(x), 2 w, 3 b): an input's gradient
-# is first written outside the scope.  Called twice: a buffer left unzeroed would carry
-# the first call's arena contents.
+# The kernels' operands are intermediate values (x / 2, 2 w, 4 b, 2 px: exact scalings,
+# so the only round-off is the kernels' own): an input's gradient is first written
+# outside the scope.  Called twice: a buffer left unzeroed would carry the first call's
+# arena contents.
 FIRST_WRITE_CONVS = [  # (x shape, w shape, stride, padding): direct exact rows, direct padded copy, im2col
     ((2, 3, 10, 10), (4, 3, 3, 3), 1, 0),
     ((2, 3, 7, 6), (4, 3, 3, 2), 1, 1),
     ((2, 3, 9, 8), (5, 3, 3, 3), 2, 1),
 ]
+U = 2.0 ** -24   # float32 unit round-off
+
+
+def within_float32_bound(got, want, abs_sum, terms):
+    """|got - want| <= (terms + 1) u sum|terms|: a float32 sum of `terms` products in
+    any order, and its rounding; `abs_sum` is the float64 sum of the terms' magnitudes."""
+    err = np.abs(np.asarray(got, np.float64) - want)
+    bound = (terms + 1) * U * abs_sum
+    assert np.all(err <= bound), f"max error {err.max():.3g}, worst error / bound {np.max(err / (bound + 1e-300)):.3g}"
 
 
 def test_conv_and_pool_gradients_assigned_by_their_first_write_match_pytorch():
@@ -199,10 +209,15 @@ def test_conv_and_pool_gradients_assigned_by_their_first_write_match_pytorch():
         out = []
         for k, (_, _, s, p) in enumerate(FIRST_WRITE_CONVS):
             def loss(x, w, b, s=s, p=p, k=k):
-                return lt.sum(lt.conv2d(lt.tanh(x), w * 2.0, b * 3.0, stride=s, padding=p) * r_conv[k])
+                return lt.sum(lt.conv2d(x * 0.5, w * 2.0, b * 4.0, stride=s, padding=p) * r_conv[k])
             out.append(lt.grad(loss, argnums=(0, 1, 2))(*arrays[3 * k:3 * k + 3]))
-        out.append(lt.grad(lambda px: lt.sum(lt.max_pool2d(lt.tanh(px), 3, stride=2) * r_pool))(arrays[-1]))
+        out.append(lt.grad(lambda px: lt.sum(lt.max_pool2d(px * 2.0, 3, stride=2) * r_pool))(arrays[-1]))
         return out
+
+    def torch_grads(arrays, r, fn):
+        ts = [t64(a, True) for a in arrays]
+        (fn(*ts) * t64(r)).sum().backward()
+        return [t.grad.numpy() for t in ts]
 
     args = [a for shape in shapes for a in shape] + [(2, 3, 8, 7)]
     g = lt.compile(f, name="first_write_convs")
@@ -211,14 +226,17 @@ def test_conv_and_pool_gradients_assigned_by_their_first_write_match_pytorch():
         got = g(inputs)
         assert len(re.findall(r"lt::conv2d_backward\([^;]*, arena, false\);", g.cpp_source)) == 3 * len(FIRST_WRITE_CONVS)
         assert re.search(r"lt::gather_plane_backward\([^;]*, false\);", g.cpp_source)
-        for k, (_, _, s, p) in enumerate(FIRST_WRITE_CONVS):
-            tx, tw, tb = (t64(a, True) for a in inputs[3 * k:3 * k + 3])
-            (F.conv2d(torch.tanh(tx), tw * 2, tb * 3, stride=s, padding=p) * t64(r_conv[k])).sum().backward()
-            for mine, t in zip(got[k], (tx, tw, tb)):
-                close(mine, t.grad.numpy())
-        tp = t64(inputs[-1], True)
-        (F.max_pool2d(torch.tanh(tp), 3, 2) * t64(r_pool)).sum().backward()  # windows overlap
-        close(got[-1], tp.grad.numpy())
+        for k, ((n, _, _, _), (f_, _, kh, kw), s, p) in enumerate(FIRST_WRITE_CONVS):
+            conv = lambda x, w, b, s=s, p=p: F.conv2d(x * 0.5, w * 2, b * 4, stride=s, padding=p)
+            mine = inputs[3 * k:3 * k + 3]
+            want = torch_grads(mine, r_conv[k], conv)
+            abs_sum = torch_grads([np.abs(a) for a in mine], np.abs(r_conv[k]), conv)  # same sums of |terms|
+            oh, ow = r_conv[k].shape[2:]
+            for got_i, want_i, abs_i, terms in zip(got[k], want, abs_sum, (f_ * kh * kw, n * oh * ow, n * oh * ow)):
+                within_float32_bound(got_i, want_i, abs_i, terms)   # dx over (f, kh, kw); dw, db over (n, oh, ow)
+        pool = lambda px: F.max_pool2d(px * 2, 3, 2)   # windows overlap: an input is the max of up to 4
+        (want,), (abs_sum,) = (torch_grads([inputs[-1]], r, pool) for r in (r_pool, np.abs(r_pool)))
+        within_float32_bound(got[-1], want, abs_sum, 4)
 
 
 def test_embedding_gathers_rows_and_scatter_adds_gradients(op_case):

@@ -1,7 +1,7 @@
 """Matrix products of few rows (cpp_runtime/blas.h: `small_rows::gemm` on AVX2
-CPUs without AVX-512, OpenBLAS elsewhere; `small_rows::gemm_bt` on every AVX2
-CPU, for at most 8 rows where it has AVX-512; shallow products past OpenBLAS's
-small-matrix path on every AVX2 CPU) against float64, over the shapes
+CPUs without AVX-512, and on AVX-512 CPUs for shallow products past OpenBLAS's
+small-matrix path only; `small_rows::gemm_bt` on every AVX2 CPU, for at most 8
+rows where it has AVX-512; OpenBLAS elsewhere) against float64, over the shapes
 its blocking treats apart: rows in blocks of 6 and a remainder of 1-5, columns
 in panels of 16, one of 8, and a masked last one of 1-7; strided rows (slices
 of wider arrays), a transposed left operand, and sums into a gradient.  The

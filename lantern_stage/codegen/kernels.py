@@ -30,6 +30,12 @@ def _beta(p: Prim) -> str:
     return "1.0f" if p.accumulate else "0.0f"
 
 
+def _assigns(p: Prim) -> list[str]:
+    """The trailing `false` argument of a kernel that adds into its output unless it
+    is the output's first write (passes/first_write.py)."""
+    return [] if p.accumulate else ["false"]
+
+
 def _gemm(p: Prim) -> str:
     a = p.attrs
     return (f"lt::gemm({cbool(a['ta'])}, {cbool(a['tb'])}, {a['M']}, {a['N']}, {a['K']}, "
@@ -82,7 +88,7 @@ def _layout_call(fn: str, extra=lambda p: []):
 
 
 # Adds into dx, or assigns when it is dx's first write (passes/first_write.py).
-_softmax_backward = _layout_call("softmax_backward", lambda p: [] if p.accumulate else ["false"])
+_softmax_backward = _layout_call("softmax_backward", _assigns)
 
 
 def _nll(p: Prim) -> str:
@@ -139,8 +145,7 @@ def _conv2d_backward(p: Prim) -> str:
     grads = dict(zip(p.attrs["grads"], p.outs))
     outs = ", ".join(ptr(grads[g]) if g in grads else "nullptr" for g in ("dx", "dw", "db"))
     dims = ", ".join(str(p.attrs[d]) for d in _CONV_DIMS)
-    assign = "" if p.accumulate else ", false"   # its output's first write (passes/first_write.py)
-    return f"lt::conv2d_backward({ptr(x)}, {ptr(w)}, {ptr(dy)}, {outs}, {dims}, arena{assign});"
+    return f"lt::conv2d_backward({', '.join([ptr(x), ptr(w), ptr(dy), outs, dims, 'arena'] + _assigns(p))});"
 
 
 def _dropout_mask(p: Prim) -> str:
@@ -159,7 +164,7 @@ def _outer_log_append(p: Prim) -> str:
 
 
 def _outer_log_flush(p: Prim) -> str:
-    flush = f"{p.attrs['log']}.flush({ptr(p.outs[0])}{'' if p.accumulate else ', false'});"
+    flush = f"{p.attrs['log']}.flush({', '.join([ptr(p.outs[0])] + _assigns(p))});"
     return f"if ({val(p.ins[0])}) {flush}" if p.ins else flush   # ins: a bool, flush now
 
 
@@ -188,7 +193,7 @@ KERNELS = {
     "softmax": _layout_call("softmax"),
     "log_softmax": _layout_call("log_softmax"),
     "softmax_backward": _softmax_backward,
-    "log_softmax_backward": _layout_call("log_softmax_backward", lambda p: [] if p.accumulate else ["false"]),
+    "log_softmax_backward": _layout_call("log_softmax_backward", _assigns),
     "nll": _nll,
     "nll_backward": _nll_backward,
     "take_row": _take_row,
@@ -203,8 +208,7 @@ KERNELS = {
     "conv2d_backward": _conv2d_backward,
     "pool_argmax": _nn_call("max_pool2d_argmax", *_POOL_DIMS),
     "pool_gather": _nn_call("gather_plane", "planes", "in_plane", "out_plane"),
-    "pool_gather_backward": _nn_call("gather_plane_backward", "planes", "in_plane", "out_plane",
-                                     extra=lambda p: [] if p.accumulate else ["false"]),
+    "pool_gather_backward": _nn_call("gather_plane_backward", "planes", "in_plane", "out_plane", extra=_assigns),
     "avg_pool2d": _nn_call("avg_pool2d_forward", *_POOL_DIMS),
     "avg_pool2d_backward": _nn_call("avg_pool2d_backward", *_POOL_DIMS),
     "dropout_mask": _dropout_mask,
